@@ -1,0 +1,202 @@
+"""The analysis result: the one data shape shared by the pipeline, workers, CLI and bots.
+
+Plain frozen dataclasses with ``to_dict``/``from_dict`` so a result crosses Redis as JSON and comes back typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+UNKNOWN = "unknown"
+RESULT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box in the original image: left, top, right, bottom."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def width(self) -> float:
+        return max(0.0, self.x2 - self.x1)
+
+    @property
+    def height(self) -> float:
+        return max(0.0, self.y2 - self.y1)
+
+    def iou(self, other: Box) -> float:
+        ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = ix * iy
+        union = self.width * self.height + other.width * other.height - inter
+        return inter / union if union > 0 else 0.0
+
+    def as_list(self) -> list[float]:
+        return [round(self.x1, 1), round(self.y1, 1), round(self.x2, 1), round(self.y2, 1)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One possible identity of a head, best first in ``Head.candidates``."""
+
+    name: str
+    series: str
+    confidence: float
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Head:
+    box: Box
+    detection_score: float
+    # best first; may be empty when identification failed (see AnalysisResult.degraded)
+    candidates: tuple[Candidate, ...] = ()
+    # the answer shown to users: a character name or UNKNOWN
+    name: str = UNKNOWN
+    confidence: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    score: float
+    category: str  # "general" | "character" | "rating"
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    stage: str
+    error: str
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    image_sha256: str
+    width: int
+    height: int
+    heads: tuple[Head, ...]
+    tags: tuple[Tag, ...]
+    rating: str | None
+    caption: str | None
+    fingerprint: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: tuple[StageFailure, ...] = ()
+    schema_version: int = RESULT_SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return not self.degraded
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for head, raw in zip(self.heads, data["heads"], strict=True):
+            raw["box"] = head.box.as_list()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnalysisResult:
+        heads = tuple(
+            Head(
+                box=Box(*h["box"]),
+                detection_score=h["detection_score"],
+                candidates=tuple(Candidate(**c) for c in h["candidates"]),
+                name=h["name"],
+                confidence=h["confidence"],
+            )
+            for h in data["heads"]
+        )
+        return cls(
+            image_sha256=data["image_sha256"],
+            width=data["width"],
+            height=data["height"],
+            heads=heads,
+            tags=tuple(Tag(**t) for t in data["tags"]),
+            rating=data["rating"],
+            caption=data["caption"],
+            fingerprint=data["fingerprint"],
+            timings_ms=dict(data.get("timings_ms", {})),
+            degraded=tuple(StageFailure(**d) for d in data.get("degraded", [])),
+            schema_version=data.get("schema_version", RESULT_SCHEMA_VERSION),
+        )
+
+
+# JSON schema of AnalysisResult.to_dict(), used by tests and published for API users.
+RESULT_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "anibot analysis result",
+    "type": "object",
+    "required": [
+        "image_sha256",
+        "width",
+        "height",
+        "heads",
+        "tags",
+        "rating",
+        "caption",
+        "fingerprint",
+        "timings_ms",
+        "degraded",
+        "schema_version",
+    ],
+    "properties": {
+        "image_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "width": {"type": "integer", "minimum": 1},
+        "height": {"type": "integer", "minimum": 1},
+        "heads": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["box", "detection_score", "candidates", "name", "confidence"],
+                "properties": {
+                    "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                    "detection_score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "name": {"type": "string", "minLength": 1},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    "candidates": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "series", "confidence", "similarity"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "series": {"type": "string"},
+                                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                                "similarity": {"type": "number", "minimum": -1.0001, "maximum": 1.0001},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "tags": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "score", "category"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "category": {"enum": ["general", "character", "rating"]},
+                },
+            },
+        },
+        "rating": {"type": ["string", "null"]},
+        "caption": {"type": ["string", "null"]},
+        "fingerprint": {"type": "string"},
+        "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        "degraded": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["stage", "error"],
+                "properties": {"stage": {"type": "string"}, "error": {"type": "string"}},
+            },
+        },
+        "schema_version": {"const": RESULT_SCHEMA_VERSION},
+    },
+}

@@ -1,0 +1,88 @@
+"""One typed settings object for every anibot process (CLI, workers, bots).
+
+Read from the environment (prefix ``ANIBOT_``) and from a ``.env`` file in the
+working directory. Every field is listed, with a comment, in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ANIBOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- storage -----------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Writable folder for the SQLite store, caches, outputs.")
+    models_dir: Path = Field(Path("models"), description="Folder holding model manifests and weights.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/anibot.db.")
+
+    # --- queue -------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis: Celery broker, blobs, jobs, cache."
+    )
+    blob_ttl_s: int = Field(24 * 3600, ge=60, description="How long image and result blobs live in Redis.")
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job records live in Redis.")
+    result_cache_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long a finished analysis is reused."
+    )
+    task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of one analysis task.")
+    visibility_timeout_s: int = Field(
+        600, ge=2, description="Redis redelivery delay of unacknowledged tasks; longer than the longest task."
+    )
+    task_max_retries: int = Field(3, ge=0, le=10, description="Retries of a task for transient errors only.")
+    job_wait_timeout_s: float = Field(120.0, gt=0, description="How long a client waits for a queued job.")
+
+    # --- intake ------------------------------------------------------------------
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted upload, in bytes.")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted image, in pixels.")
+
+    # --- inference ---------------------------------------------------------------
+    device: DeviceChoice = Field("auto", description="Torch / ONNX Runtime device: auto, cpu or cuda.")
+    top_n: int = Field(5, ge=1, le=50, description="Candidates listed per head.")
+    detector_confidence: float = Field(0.35, ge=0.0, le=1.0, description="Minimum head detection score.")
+    detector_iou: float = Field(0.6, ge=0.0, le=1.0, description="IoU of non-maximum suppression.")
+    identify_threshold: float | None = Field(
+        None, description="Cosine similarity below which a head is 'unknown'; empty = the manifest's value."
+    )
+    font_path: Path | None = Field(
+        None, description="TTF/OTF used for labels; empty = first found font chain."
+    )
+    onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = library default.")
+
+    # --- chat front-ends -----------------------------------------------------------
+    discord_token: SecretStr | None = Field(None, description="Discord bot token.")
+    telegram_token: SecretStr | None = Field(None, description="Telegram bot token.")
+
+    # --- logging ------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(False, description="Emit logs as JSON lines.")
+
+    # --- fault injection (tests only) ----------------------------------------------
+    test_task_delay_s: float = Field(
+        0.0, ge=0.0, description="Testing only: sleep this long inside the analysis task before it runs."
+    )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'anibot.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

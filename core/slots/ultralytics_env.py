@@ -1,0 +1,76 @@
+"""Make ultralytics work with no network: call :func:`ultralytics_offline` before importing it.
+
+ultralytics reads its switches from the environment when it is first imported, and ``train()`` looks for the
+fonts ``Arial.ttf`` / ``Arial.Unicode.ttf`` in its config folder (downloading them when missing, with a network
+call that no flag disables). See ``/work/shared/OFFLINE.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+# Latin font first, then a CJK-capable one (ultralytics draws non-ASCII labels with Arial.Unicode.ttf).
+_LATIN_FONTS = (
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+)
+_UNICODE_FONTS = (
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+)
+
+
+def _matplotlib_font() -> Path | None:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return path if path.is_file() else None
+
+
+def _first_font(candidates: tuple[Path, ...]) -> Path | None:
+    for path in candidates:
+        if path.is_file():
+            return path
+    return _matplotlib_font()
+
+
+def _place_font(target: Path, candidates: tuple[Path, ...]) -> None:
+    if target.is_file() and target.stat().st_size > 0:
+        return
+    source = _first_font(candidates)
+    if source is None:
+        raise FileNotFoundError(f"no TTF font found to place at {target}; install fonts-dejavu-core or matplotlib")
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)  # atomic: concurrent callers never see a half-written font
+
+
+def ultralytics_offline(config_dir: Path) -> None:
+    """Switch ultralytics to offline mode with ``config_dir`` as its settings folder (idempotent).
+
+    Sets ``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=False`` and ``YOLO_CONFIG_DIR``, places the two fonts there and
+    turns settings ``sync`` off. When ultralytics was already imported its config folder is fixed: the fonts then
+    go to the folder it actually uses.
+    """
+    config_dir = Path(config_dir).expanduser().resolve()
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "False"
+    if "ultralytics" not in sys.modules:
+        os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    folders = {config_dir}
+
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    folders.add(Path(USER_CONFIG_DIR))
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        _place_font(folder / "Arial.ttf", _LATIN_FONTS)
+        _place_font(folder / "Arial.Unicode.ttf", _UNICODE_FONTS)
+    if SETTINGS.get("sync", True):
+        SETTINGS.update({"sync": False})

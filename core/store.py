@@ -1,0 +1,385 @@
+"""Durable state shared by every anibot process: gallery, gallery version, analysis logs, catalogue.
+
+SQLAlchemy 2.0 typed ORM over SQLite (single host) or PostgreSQL (several machines). One ``Store`` per
+process; each call opens its own short session, so a ``Store`` may be shared by threads. Callers only
+ever see frozen dataclasses, never ORM objects. Conflict handling (get-or-create, dedupe, exactly-once
+logs) uses ``INSERT ... ON CONFLICT`` so it is race-free on both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+from sqlalchemy.pool import StaticPool
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+_STATE_ID = 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Character(Base):
+    __tablename__ = "anibot_character"
+    __table_args__ = (UniqueConstraint("name", "series"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    series: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    references: Mapped[list[Reference]] = relationship(
+        back_populates="character", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Reference(Base):
+    __tablename__ = "anibot_reference"
+    __table_args__ = (UniqueConstraint("character_id", "image_sha256", "embedder"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey(Character.id, ondelete="CASCADE"), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    embedder: Mapped[str] = mapped_column(String(200), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    character: Mapped[Character] = relationship(back_populates="references")
+
+
+class GalleryState(Base):
+    __tablename__ = "anibot_gallery_state"
+    id: Mapped[int] = mapped_column(primary_key=True)  # always _STATE_ID
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Anime(Base):
+    __tablename__ = "anibot_anime"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mal_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    english_title: Mapped[str] = mapped_column(String(500), default="")
+    genres: Mapped[str] = mapped_column(String(1000), default="")  # comma list
+    synopsis: Mapped[str] = mapped_column(Text, default="")
+    score: Mapped[float | None] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32), default="")
+    year: Mapped[int | None] = mapped_column(Integer)
+
+
+class Favourite(Base):
+    __tablename__ = "anibot_favourite"
+    __table_args__ = (UniqueConstraint("platform", "user_id", "anime_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    anime_id: Mapped[int] = mapped_column(ForeignKey(Anime.id, ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AnalysisLog(Base):
+    __tablename__ = "anibot_analysis_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), unique=True)  # the exactly-once marker
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(128), default="")
+    n_heads: Mapped[int] = mapped_column(Integer, default=0)
+    names: Mapped[str] = mapped_column(Text, default="")  # comma list
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+
+
+# --- records handed to callers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    character_id: int
+    name: str
+    series: str
+    image_sha256: str
+    embedding: np.ndarray = field(compare=False, repr=False)  # float32, 1-D
+
+
+@dataclass(frozen=True)
+class CharacterInfo:
+    name: str
+    series: str
+    n_references: int
+
+
+@dataclass(frozen=True)
+class AnalysisLogRecord:
+    job_id: str
+    image_sha256: str
+    platform: str
+    chat_id: str | int
+    user_id: str | int | None = None
+    fingerprint: str = ""
+    n_heads: int = 0
+    names: Sequence[str] | str = ()  # stored as a comma list
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AnimeRecord:
+    mal_id: int | None
+    title: str
+    english_title: str = ""
+    genres: str = ""  # comma list
+    synopsis: str = ""
+    score: float | None = None
+    kind: str = ""
+    year: int | None = None
+    id: int | None = None  # set when read back from the store
+
+    @classmethod
+    def from_row(cls, row: Anime) -> AnimeRecord:
+        return cls(**{k: getattr(row, k) for k in _ANIME_FIELDS}, id=row.id)
+
+
+_ANIME_FIELDS = ("mal_id", "title", "english_title", "genres", "synopsis", "score", "kind", "year")
+
+
+# --- the store -------------------------------------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        u = make_url(url)
+        if u.drivername in ("postgresql", "postgres"):
+            u = u.set(drivername="postgresql+psycopg")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if u.get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if u.database in (None, "", ":memory:"):
+                kwargs["poolclass"] = StaticPool
+            else:
+                Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(u, **kwargs)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.dialect != "postgresql":
+            raise ValueError(f"unsupported database backend: {self.dialect}")
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(settings.sqlalchemy_url)
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.session() as s:
+            self._insert_new(s, GalleryState, ["id"], id=_STATE_ID, version=0)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def _insert(self, model: type[Base]) -> Any:
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(model)
+
+    def _insert_new(self, s: Session, model: type[Base], unique: list[str], **values: Any) -> bool:
+        """INSERT ... ON CONFLICT (unique) DO NOTHING; True when a row was inserted."""
+        stmt = self._insert(model).values(**values).on_conflict_do_nothing(index_elements=unique)
+        return s.execute(stmt.returning(model.id)).first() is not None  # type: ignore[attr-defined]
+
+    # --- gallery ---------------------------------------------------------------------------------------
+
+    def add_character(self, name: str, series: str = "") -> int:
+        with self.session() as s:
+            self._insert_new(s, Character, ["name", "series"], name=name, series=series)
+            where = (Character.name == name, Character.series == series)
+            return s.scalars(select(Character.id).where(*where)).one()
+
+    def add_reference(
+        self, character_id: int, image_sha256: str, embedder: str, embedding: np.ndarray
+    ) -> bool:
+        vec = np.ascontiguousarray(embedding, dtype="<f4")
+        if vec.ndim != 1 or vec.size == 0:
+            raise ValueError(f"embedding must be a non-empty 1-D vector, got shape {vec.shape}")
+        with self.session() as s:
+            added = self._insert_new(
+                s, Reference, ["character_id", "image_sha256", "embedder"], character_id=character_id,
+                image_sha256=image_sha256, embedder=embedder, embedding=vec.tobytes(), dim=int(vec.size),
+            )  # fmt: skip
+            if added:
+                self._bump(s)
+            return added
+
+    def gallery(self, embedder: str) -> list[GalleryEntry]:
+        stmt = (
+            select(
+                Character.id, Character.name, Character.series, Reference.image_sha256, Reference.embedding
+            )
+            .join(Reference.character)
+            .where(Reference.embedder == embedder)
+            .order_by(Character.id, Reference.id)
+        )
+        with self.session() as s:
+            return [
+                GalleryEntry(cid, name, series, sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+                for cid, name, series, sha, blob in s.execute(stmt)
+            ]
+
+    def gallery_version(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(GalleryState.version).where(GalleryState.id == _STATE_ID)) or 0
+
+    def bump_gallery_version(self) -> int:
+        with self.session() as s:
+            return self._bump(s)
+
+    def _bump(self, s: Session) -> int:
+        """Atomic increment in the caller's transaction (UPDATE ... SET version = version + 1)."""
+        stmt = (
+            update(GalleryState)
+            .where(GalleryState.id == _STATE_ID)
+            .values(version=GalleryState.version + 1)
+            .returning(GalleryState.version)
+        )
+        version = s.scalar(stmt)
+        if version is None:  # state row missing (create_all not run by this version): create it, retry
+            self._insert_new(s, GalleryState, ["id"], id=_STATE_ID, version=0)
+            version = s.scalar(stmt)
+        return int(version)
+
+    def list_characters(self) -> list[CharacterInfo]:
+        stmt = (
+            select(Character.name, Character.series, func.count(Reference.id))
+            .outerjoin(Reference)
+            .group_by(Character.id)
+            .order_by(Character.name, Character.series)
+        )
+        with self.session() as s:
+            return [CharacterInfo(name, series, int(n)) for name, series, n in s.execute(stmt)]
+
+    def delete_character(self, name: str, series: str = "") -> bool:
+        with self.session() as s:
+            stmt = delete(Character).where(Character.name == name, Character.series == series)
+            deleted = s.execute(stmt.returning(Character.id)).first() is not None  # refs: ON DELETE CASCADE
+            if deleted:
+                self._bump(s)
+            return deleted
+
+    # --- analysis logs ---------------------------------------------------------------------------------
+
+    def log_analysis(self, record: AnalysisLogRecord) -> bool:
+        """Record one finished analysis; False (not an error) when ``job_id`` was already logged."""
+        values = asdict(record)
+        if not isinstance(record.names, str):
+            values["names"] = ",".join(record.names)
+        values["chat_id"] = str(record.chat_id)
+        values["user_id"] = None if record.user_id is None else str(record.user_id)
+        with self.session() as s:
+            return self._insert_new(s, AnalysisLog, ["job_id"], **values)
+
+    def analysis_count(self, *, job_id: str | None = None) -> int:
+        stmt = select(func.count(AnalysisLog.id))
+        if job_id is not None:
+            stmt = stmt.where(AnalysisLog.job_id == job_id)
+        with self.session() as s:
+            return int(s.scalar(stmt) or 0)
+
+    # --- catalogue + favourites ------------------------------------------------------------------------
+
+    def upsert_anime(self, rows: Iterable[AnimeRecord]) -> int:
+        """Insert or update by ``mal_id`` (rows without one are matched by title); returns rows written."""
+        n = 0
+        with self.session() as s:
+            for r in rows:
+                values = {k: getattr(r, k) for k in _ANIME_FIELDS}
+                if r.mal_id is not None:
+                    stmt = self._insert(Anime).values(**values)
+                    s.execute(
+                        stmt.on_conflict_do_update(
+                            index_elements=["mal_id"], set_={k: stmt.excluded[k] for k in _ANIME_FIELDS[1:]}
+                        )
+                    )
+                else:
+                    row = s.scalars(
+                        select(Anime).where(Anime.mal_id.is_(None), Anime.title == r.title)
+                    ).first()
+                    if row is None:
+                        s.add(Anime(**values))
+                    else:
+                        for k, v in values.items():
+                            setattr(row, k, v)
+                    s.flush()
+                n += 1
+        return n
+
+    def add_favourite(self, platform: str, user_id: str, anime_id: int) -> bool:
+        with self.session() as s:
+            unique = ["platform", "user_id", "anime_id"]
+            return self._insert_new(
+                s, Favourite, unique, platform=platform, user_id=str(user_id), anime_id=anime_id
+            )
+
+    def favourites(self, platform: str, user_id: str) -> list[AnimeRecord]:
+        stmt = (
+            select(Anime)
+            .join(Favourite, Favourite.anime_id == Anime.id)
+            .where(Favourite.platform == platform, Favourite.user_id == str(user_id))
+            .order_by(Favourite.created_at, Favourite.id)
+        )
+        with self.session() as s:
+            return [AnimeRecord.from_row(a) for a in s.scalars(stmt)]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

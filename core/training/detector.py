@@ -1,0 +1,203 @@
+"""The starter head detector: YOLOv8n trained from scratch on synthetic scenes, offline, in minutes.
+
+Measured (2 CPU cores, shared; see the report of the experiment runs):
+TODO
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.slots.base import Manifest, file_sha256
+from core.slots.ultralytics_env import ultralytics_offline
+from core.synth import render_scene
+
+STARTER_NAME = "anibot-starter-yolov8n-head"
+VAL_SEED_OFFSET = 1_000_000
+LABELS = {0: "head"}
+
+# Passed to ultralytics' train(); callers may override any key through ``train_overrides``.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch": 16,
+    "nbs": 16,  # one optimizer step per batch (the default nbs=64 would accumulate 4 batches per step)
+    "optimizer": "AdamW",
+    "lr0": 0.002,
+    "lrf": 0.1,
+    "cos_lr": False,
+    "warmup_epochs": 1.0,
+    "mosaic": 1.0,
+    "close_mosaic": 2,
+    "mixup": 0.0,
+    "fliplr": 0.5,
+    "scale": 0.5,
+    "translate": 0.1,
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "workers": 1,
+}
+
+Progress = Callable[[str, float], None]
+
+
+def write_yolo_dataset(root: Path, *, n_train: int, n_val: int, seed: int = 0) -> Path:
+    """Render ``n_train`` + ``n_val`` synthetic scenes as a YOLO dataset under ``root``; return its data.yaml.
+
+    Train scenes use seeds ``seed .. seed+n_train-1`` and are saved as JPEG at a random quality (a stand-in for the
+    blur/JPEG augmentations of albumentations, which is not a dependency); val scenes use seeds offset by
+    :data:`VAL_SEED_OFFSET` and are saved losslessly.
+    """
+    for split, count, first in (("train", n_train, seed), ("val", n_val, seed + VAL_SEED_OFFSET)):
+        images, labels = root / "images" / split, root / "labels" / split
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        for scene_seed in range(first, first + count):
+            scene = render_scene(scene_seed)
+            w, h = scene.image.size
+            rows = []
+            for head in scene.heads:
+                b = head.box
+                rows.append(f"0 {(b.x1 + b.x2) / 2 / w:.6f} {(b.y1 + b.y2) / 2 / h:.6f} {b.width / w:.6f} "
+                            f"{b.height / h:.6f}")
+            stem = f"{scene_seed:08d}"
+            if split == "train":
+                quality = random.Random(scene_seed).randint(45, 95)
+                scene.image.save(images / f"{stem}.jpg", quality=quality)
+            else:
+                scene.image.save(images / f"{stem}.png")
+            (labels / f"{stem}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data_yaml = root / "data.yaml"
+    names = "\n".join(f"  {k}: {v}" for k, v in LABELS.items())
+    data_yaml.write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n", encoding="utf-8"
+    )
+    return data_yaml
+
+
+def _pick_device(device: str | None) -> str:
+    if device and device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def _metric(metrics: Any, key: str) -> float:
+    if isinstance(metrics, dict):
+        value = metrics.get(key)
+    else:
+        value = getattr(metrics, "results_dict", {}).get(key)
+    return round(float(value), 4) if value is not None else float("nan")
+
+
+def train_starter_detector(
+    out_dir: Path,
+    *,
+    n_train: int = 400,
+    n_val: int = 60,
+    epochs: int = 10,
+    imgsz: int = 320,
+    seed: int = 0,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+    device: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    ultralytics_dir: Path | None = None,
+) -> Manifest:
+    """Train the starter detector on synthetic scenes, export it to ONNX and write its manifest in ``out_dir``.
+
+    ``out_dir`` receives ``model.onnx``, ``model.pt`` and ``manifest.json`` (format ``yolo-onnx``). ``workdir``
+    holds the dataset and ultralytics' run folder (a temporary folder, removed afterwards, when omitted);
+    ``ultralytics_dir`` is ultralytics' settings folder (see :func:`core.slots.ultralytics_env.ultralytics_offline`).
+    ``progress(stage, fraction)`` is called as the work advances, ``fraction`` in [0, 1].
+    """
+    report: Progress = progress or (lambda stage, fraction: None)
+    out_dir = Path(out_dir)
+    own_workdir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="anibot-detector-")) if workdir is None else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        ultralytics_offline(ultralytics_dir or Path(tempfile.gettempdir()) / "anibot-ultralytics")
+        from ultralytics import YOLO
+
+        started = time.monotonic()
+        report("rendering dataset", 0.0)
+        data_yaml = write_yolo_dataset(work / "dataset", n_train=n_train, n_val=n_val, seed=seed)
+        report("training", 0.05)
+
+        model = YOLO("yolov8n.yaml")
+
+        def on_epoch_end(trainer: Any) -> None:
+            done = trainer.epoch + 1
+            report(f"epoch {done}/{trainer.epochs}", 0.05 + 0.85 * done / max(1, trainer.epochs))
+
+        model.add_callback("on_train_epoch_end", on_epoch_end)
+        args: dict[str, Any] = {
+            **TRAIN_DEFAULTS,
+            **(train_overrides or {}),
+            "data": str(data_yaml),
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "seed": seed,
+            "deterministic": True,
+            "device": _pick_device(device),
+            "amp": False,
+            "plots": False,
+            "val": False,  # ultralytics still validates the final epoch (and best.pt after training)
+            "project": str(work / "runs"),
+            "name": "starter",
+            "exist_ok": True,
+            "verbose": False,
+        }
+        model.train(**args)
+        trainer = model.trainer
+        metrics = trainer.metrics
+        best = trainer.best if Path(trainer.best).is_file() else trainer.last
+
+        report("exporting ONNX", 0.92)
+        exported = YOLO(str(best)).export(
+            format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, device="cpu"
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported, out_dir / "model.onnx")
+        shutil.copyfile(best, out_dir / "model.pt")
+        files = {"onnx": "model.onnx", "pt": "model.pt"}
+        manifest = Manifest(
+            slot="detector",
+            name=STARTER_NAME,
+            format="yolo-onnx",
+            files=files,
+            sha256={name: file_sha256(out_dir / name) for name in files.values()},
+            thresholds={"confidence": 0.35, "iou": 0.6},
+            input_size=imgsz,
+            provenance=(
+                f"trained by anibot models build on synthetic scenes (core.synth), seed {seed}: "
+                f"train seeds {seed}..{seed + n_train - 1}, val seeds from {seed + VAL_SEED_OFFSET}; "
+                "YOLOv8n from scratch (ultralytics, no pretrained weights)"
+            ),
+            extra={
+                "map50": _metric(metrics, "metrics/mAP50(B)"),
+                "map50_95": _metric(metrics, "metrics/mAP50-95(B)"),
+                "precision": _metric(metrics, "metrics/precision(B)"),
+                "recall": _metric(metrics, "metrics/recall(B)"),
+                "epochs": epochs,
+                "n_train": n_train,
+                "n_val": n_val,
+                "imgsz": imgsz,
+                "seed": seed,
+                "train_seconds": round(time.monotonic() - started, 1),
+            },
+            folder=out_dir,
+        )
+        manifest.save()
+        report("done", 1.0)
+        return manifest
+    finally:
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
