@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 # Latin font first, then a CJK-capable one (ultralytics draws non-ASCII labels with Arial.Unicode.ttf).
@@ -48,6 +49,11 @@ def _place_font(target: Path, candidates: tuple[Path, ...]) -> None:
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)  # atomic: concurrent callers never see a half-written font
+
+
+def default_config_dir() -> Path:
+    """Where ultralytics' settings and fonts go when the caller names no folder."""
+    return Path(tempfile.gettempdir()) / "anibot-ultralytics"
 
 
 def ultralytics_offline(config_dir: Path) -> None:

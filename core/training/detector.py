@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.slots.base import Manifest, file_sha256
-from core.slots.ultralytics_env import ultralytics_offline
+from core.slots.ultralytics_env import default_config_dir, ultralytics_offline
 from core.synth import render_scene
 
 STARTER_NAME = "anibot-starter-yolov8n-head"
@@ -123,7 +123,7 @@ def train_starter_detector(
     work = Path(tempfile.mkdtemp(prefix="anibot-detector-")) if workdir is None else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        ultralytics_offline(ultralytics_dir or Path(tempfile.gettempdir()) / "anibot-ultralytics")
+        ultralytics_offline(ultralytics_dir or default_config_dir())
         from ultralytics import YOLO
 
         started = time.monotonic()

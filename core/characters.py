@@ -1,0 +1,52 @@
+"""Teaching the bot characters: reference images embedded into the gallery (SQL store, read by every worker)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from core.slots.base import Embedder
+from core.store import Store
+from core.synth import CAST, render_portrait
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reference:
+    image: Image.Image
+    sha256: str  # identity of the reference: the sha256 of the bytes the admin posted
+
+    @classmethod
+    def from_image(cls, image: Image.Image) -> Reference:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls(image, hashlib.sha256(buffer.getvalue()).hexdigest())
+
+
+def enrol(store: Store, embedder: Embedder, name: str, series: str, references: Sequence[Reference]) -> int:
+    """Add a character's references to the gallery; returns how many were new (duplicates are skipped)."""
+    if not references:
+        raise ValueError(f"no reference images for {name!r}")
+    character_id = store.add_character(name, series)
+    embeddings = embedder.embed([r.image for r in references])
+    added = sum(store.add_reference(character_id, ref.sha256, embedder.version, vector)
+                for ref, vector in zip(references, embeddings, strict=True))
+    log.info("enrolled %s (%s): %d new of %d references", name, series or "-", added, len(references))
+    return added
+
+
+def enrol_synthetic_cast(store: Store, embedder: Embedder, *, refs_per_character: int = 5,
+                         seed: int = 7_000_000) -> int:
+    """Enrol every synthetic character with portraits rendered from seeds disjoint from training and the demo."""
+    total = 0
+    for index, spec in enumerate(CAST):
+        refs = [Reference.from_image(render_portrait(spec.key, seed + index * 100 + k))
+                for k in range(refs_per_character)]
+        total += enrol(store, embedder, spec.name, spec.series, refs)
+    return total

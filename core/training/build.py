@@ -1,0 +1,73 @@
+"""``anibot models build``: train every starter model here, offline, and install it in the models folder.
+
+Each builder trains through the project's own code and writes the same formats the community's models ship in
+(YOLO ONNX, an ONNX embedder, a WD14 tagger), so one loading path serves both. The embedder build also enrols the
+synthetic cast in the character gallery.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+from core.slots.base import Manifest
+from core.slots.registry import active_manifest, load_slot, set_active
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+# slot -> "module:function(out_dir, *, seed, progress, **budget) -> Manifest"
+BUILDERS: dict[str, str] = {
+    "detector": "core.training.detector:train_starter_detector",
+    "embedder": "core.training.embedder:train_starter_embedder",
+    "tagger": "core.training.tagger:train_starter_tagger",
+}
+# tiny budgets: a few steps each, for tests of the build path (models are not expected to be good)
+SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
+    "detector": {"n_train": 6, "n_val": 2, "epochs": 1, "imgsz": 64},
+    "embedder": {"epochs": 1, "steps_per_epoch": 2, "input_size": 32},
+    "tagger": {"n_train": 8, "epochs": 1, "input_size": 64},
+}
+
+
+def _builder(slot: str) -> Callable[..., Manifest]:
+    module, _, name = BUILDERS[slot].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def missing_slots(settings: Settings) -> list[str]:
+    return [slot for slot in BUILDERS if active_manifest(settings.models_dir, slot) is None]
+
+
+def build_slot(settings: Settings, slot: str, *, seed: int = 0, progress: Progress | None = None,
+               budget: dict[str, Any] | None = None) -> Manifest:
+    """Train the starter model of ``slot`` and install it as the slot's active model."""
+    with tempfile.TemporaryDirectory(prefix=f"anibot-build-{slot}-") as tmp:
+        staging = Path(tmp) / "model"
+        manifest = _builder(slot)(staging, seed=seed, progress=progress, **(budget or {}))
+        target = settings.models_dir / slot / manifest.name
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, target)
+    set_active(settings.models_dir, slot, manifest.name)
+    installed = Manifest.load(target)
+    log.info("installed %s model %s", slot, installed.version)
+    if slot == "embedder":
+        enrol_cast(settings, installed)
+    return installed
+
+
+def enrol_cast(settings: Settings, manifest: Manifest) -> int:
+    from core.characters import enrol_synthetic_cast
+    from core.store import Store
+
+    store = Store.from_settings(settings)
+    store.create_all()
+    return enrol_synthetic_cast(store, load_slot(manifest, settings))

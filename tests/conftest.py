@@ -1,0 +1,143 @@
+"""Shared fixtures: starter models built once per session, a real Redis, real Celery worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_REDIS_URL = os.environ.get("ANIBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("ANIBOT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _training_code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("core/training/*.py"), REPO / "core/synth.py", *REPO.glob("core/slots/*.py"),
+                        REPO / "core/characters.py", REPO / "core/store.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def built_models() -> Path:
+    """Starter models trained by `anibot models build` (same code path), plus a SQLite store with the enrolled
+    gallery. Cached under .cache/ by a digest of the training code, so a local re-run reuses them;
+    ANIBOT_TEST_MODELS_DIR points at a ready folder instead."""
+    ready = os.environ.get("ANIBOT_TEST_MODELS_DIR")
+    if ready:
+        return Path(ready)
+    root = REPO / ".cache" / "test-models" / _training_code_digest()
+    if (root / "complete").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    from core.settings import Settings
+    from core.training.build import BUILDERS, build_slot
+
+    settings = Settings(models_dir=root / "models", data_dir=root, database_url="")
+    for slot in BUILDERS:
+        build_slot(settings, slot, seed=0)
+    (root / "complete").write_text("ok\n")
+    return root
+
+
+@pytest.fixture
+def model_env(built_models: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment of a process using the built models with its own copy of the gallery store."""
+    shutil.copy(built_models / "anibot.db", tmp_path / "anibot.db")
+    return {
+        "ANIBOT_MODELS_DIR": str(built_models / "models"),
+        "ANIBOT_DATA_DIR": str(tmp_path),
+        "ANIBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'anibot.db'}",
+        "ANIBOT_REDIS_URL": TEST_REDIS_URL,
+        "ANIBOT_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def model_settings(model_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from core.settings import Settings
+
+    return Settings(models_dir=Path(model_env["ANIBOT_MODELS_DIR"]), data_dir=Path(model_env["ANIBOT_DATA_DIR"]),
+                    database_url=model_env["ANIBOT_DATABASE_URL"], redis_url=model_env["ANIBOT_REDIS_URL"])
+
+
+@pytest.fixture
+def redis_kv():  # type: ignore[no-untyped-def]
+    """The test Redis database, emptied before each test. Fails in CI when Redis is down, skips elsewhere."""
+    from core.kv import RedisKV
+
+    kv = RedisKV(TEST_REDIS_URL)
+    try:
+        kv.ping()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
+    kv.client.flushdb()
+    yield kv
+    kv.client.flushdb()
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "gpu") -> None:
+        self.name = f"test-{uuid.uuid4().hex[:6]}@%h"
+        self.log_path = log_path
+        self.log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues, "-c", "1",
+             "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole worker: the Celery parent and its pool children."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], queues: str = "gpu") -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log", queues)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

@@ -1,0 +1,69 @@
+"""`anibot analyze` on generated scenes, in process and through the queue, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.synth import CAST_BY_KEY, render_scene
+from tests.conftest import REPO
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def scene_files(tmp_path: Path) -> list[Path]:
+    paths = []
+    for seed, who in ((9_300_001, ["aoi"]), (9_300_002, ["rin", "yuki"])):
+        path = tmp_path / "in" / f"scene-{seed}.png"
+        path.parent.mkdir(exist_ok=True)
+        render_scene(seed, characters=who).image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_analyze_in_process_writes_json_lines_and_annotated(scene_files, model_env, tmp_path):
+    out = tmp_path / "results.jsonl"
+    done = run_cli(["analyze", str(scene_files[0].parent), "--json", str(out), "--annotated",
+                    str(tmp_path / "ann"), "--top-n", "3"], model_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in records] == [p.name for p in scene_files]
+    assert [h["name"] for h in records[0]["heads"]] == [CAST_BY_KEY["aoi"].name]
+    assert sorted(h["name"] for h in records[1]["heads"]) == sorted([CAST_BY_KEY["rin"].name,
+                                                                     CAST_BY_KEY["yuki"].name])
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [f"{p.stem}.annotated.png" for p in scene_files]
+
+
+@pytest.mark.slow
+@pytest.mark.queue
+def test_analyze_through_the_queue_as_csv(scene_files, model_env, redis_kv, start_worker, tmp_path):
+    start_worker(model_env)
+    out = tmp_path / "results.csv"
+    done = run_cli(["analyze", *map(str, scene_files), "--queue", "--json", str(out)], model_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[0]["names"] == CAST_BY_KEY["aoi"].name
+    assert rows[1]["n_heads"] == "2"
+
+
+def test_refused_input_prints_its_message_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is a text file, not a picture")
+    done = run_cli(["analyze", str(bad), "--json", "-"], {"ANIBOT_MODELS_DIR": str(tmp_path / "none"),
+                                                           "ANIBOT_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["status"] == "refused" and "image" in record["error"].lower()

@@ -1,0 +1,104 @@
+"""The analysis pipeline in process, on synthetic scenes with known answers, with the built starter models."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from core.kv import MemoryKV
+from core.pipeline import AnalysisPipeline
+from core.results import RESULT_JSON_SCHEMA, UNKNOWN
+from core.service import AnalysisService
+from core.store import Store
+from core.synth import CAST_BY_KEY, render_scene
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def service(model_settings):  # type: ignore[no-untyped-def]
+    store = Store.from_settings(model_settings)
+    return AnalysisService(model_settings, MemoryKV(), store)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_heads_found_where_drawn_schema_valid_and_png_written(service):
+    drawn = found = named = 0
+    for seed in range(9_200_000, 9_200_012):
+        scene = render_scene(seed)
+        outcome = service.analyze(png_bytes(scene.image), top_n=3)
+        result = outcome.result
+        jsonschema.validate(json.loads(json.dumps(result.to_dict())), RESULT_JSON_SCHEMA)
+        assert not result.degraded, result.degraded
+        annotated = Image.open(io.BytesIO(outcome.annotated_png))
+        assert annotated.size == scene.image.size
+        for head in scene.heads:
+            drawn += 1
+            best = max(result.heads, key=lambda h: h.box.iou(head.box), default=None)
+            if best is not None and best.box.iou(head.box) >= 0.5:
+                found += 1
+                named += best.name == CAST_BY_KEY[head.character].name
+                assert len(best.candidates) <= 3
+                assert len({c.name for c in best.candidates}) == len(best.candidates)
+        assert result.caption and result.rating == "general"
+    assert found / drawn >= 0.9, f"heads found {found}/{drawn}"
+    assert named / drawn >= 0.8, f"heads named {named}/{drawn}"
+
+
+def test_character_not_in_gallery_comes_back_unknown_and_cache_follows_gallery(service):
+    scene = render_scene(9_200_100, characters=["momo"])
+    data = png_bytes(scene.image)
+    first = service.analyze(data, top_n=5)
+    assert [h.name for h in first.result.heads] == [CAST_BY_KEY["momo"].name]
+    assert service.analyze(data, top_n=5).cached
+    assert service.store.delete_character(CAST_BY_KEY["momo"].name, CAST_BY_KEY["momo"].series)
+    after = service.analyze(data, top_n=5)
+    assert not after.cached, "a stale answer was served after the gallery changed"
+    assert [h.name for h in after.result.heads] == [UNKNOWN]
+    assert all(c.name != CAST_BY_KEY["momo"].name for c in after.result.heads[0].candidates)
+
+
+class BrokenTagger:
+    version = "broken@1"
+
+    def tag(self, image: Image.Image):  # type: ignore[no-untyped-def]
+        raise RuntimeError("tagger exploded")
+
+
+def test_a_failing_stage_degrades_the_result_without_sinking_it(model_settings):
+    store = Store.from_settings(model_settings)
+
+    def factory() -> AnalysisPipeline:
+        pipeline = AnalysisPipeline.from_settings(model_settings, store)
+        pipeline.slots.tagger = BrokenTagger()  # type: ignore[assignment]
+        return pipeline
+
+    service = AnalysisService(model_settings, MemoryKV(), store, pipeline_factory=factory)
+    scene = render_scene(9_200_200, characters=["aoi", "rin"])
+    outcome = service.analyze(png_bytes(scene.image), top_n=5)
+    assert [d.stage for d in outcome.result.degraded] == ["tagger"]
+    assert "tagger exploded" in outcome.result.degraded[0].error
+    assert len(outcome.result.heads) == 2 and outcome.result.caption
+    assert outcome.result.tags == () and outcome.result.rating is None
+    # a degraded answer is not cached: the next try runs the models again
+    assert not service.analyze(png_bytes(scene.image), top_n=5).cached
+
+
+def test_missing_models_degrade_every_stage(tmp_path):
+    from core.settings import Settings
+
+    settings = Settings(models_dir=tmp_path / "none", data_dir=tmp_path)
+    store = Store.from_settings(settings)
+    store.create_all()
+    outcome = AnalysisService(settings, MemoryKV(), store).analyze(png_bytes(render_scene(1).image), top_n=5)
+    assert {d.stage for d in outcome.result.degraded} == {"detector", "tagger"}
+    assert outcome.result.heads == () and outcome.result.caption

@@ -1,0 +1,77 @@
+"""Through the queue: a real Redis and real Celery worker processes (no mocks of either)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from core.jobs import JobStatus, Requester
+from core.result_cache import ResultCache
+from core.store import Store
+from core.synth import CAST_BY_KEY, render_scene
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.queue
+
+
+def scene_png(seed: int, **kwargs: object) -> tuple[bytes, object]:
+    scene = render_scene(seed, **kwargs)  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    scene.image.save(buffer, format="PNG")
+    return buffer.getvalue(), scene
+
+
+def make_client(settings):  # type: ignore[no-untyped-def]
+    from workers.client import QueueClient
+
+    return QueueClient(settings)
+
+
+def test_enqueue_then_result_then_duplicate_from_cache(redis_kv, model_env, model_settings, start_worker):
+    worker = start_worker(model_env)
+    client = make_client(model_settings)
+    data, scene = scene_png(9_100_001, characters=["aoi"])
+    done = client.analyze(data, requester=Requester("test", "chat-1", "user-1"), timeout_s=180)
+    assert done.job.status is JobStatus.DONE, worker.output()[-3000:]
+    assert not done.job.cached
+    assert done.result.heads and done.result.heads[0].name == CAST_BY_KEY["aoi"].name
+    assert done.annotated_png.startswith(b"\x89PNG")
+    # the message carried only the job id: the image is in the blob store under its hash
+    assert client.blobs.get(done.job.params["image"]) == data
+
+    cache = ResultCache(redis_kv, client.blobs, 3600)
+    runs_before = cache.pipeline_runs()
+    again = client.analyze(data, requester=Requester("test", "chat-2", "user-2"), timeout_s=60)
+    assert again.job.cached
+    assert again.result.to_dict() == done.result.to_dict()
+    assert cache.pipeline_runs() == runs_before, "a model ran for a duplicate image"
+
+
+def test_bad_input_is_refused_before_enqueue(redis_kv, model_settings):
+    from core.intake import NotAnImage
+
+    client = make_client(model_settings)
+    with pytest.raises(NotAnImage):
+        client.submit_analysis(b"definitely not an image", requester=Requester("test"))
+    assert not any(key.startswith(b"anibot:job:") for key in redis_kv.client.keys("*"))
+
+
+def test_worker_killed_mid_task_is_redelivered_and_completes_once(redis_kv, model_env, model_settings,
+                                                                  start_worker):
+    # a short visibility timeout makes Redis hand the unacknowledged task to another worker soon
+    slow = {**model_env, "ANIBOT_TEST_TASK_DELAY_S": "4", "ANIBOT_TASK_TIME_LIMIT_S": "10",
+            "ANIBOT_VISIBILITY_TIMEOUT_S": "11"}
+    first = start_worker(slow)
+    client = make_client(model_settings)
+    data, _ = scene_png(9_100_002)
+    job = client.submit_analysis(data, requester=Requester("test"))
+    assert wait_for(lambda: client.jobs.require(job.id).status is JobStatus.RUNNING, 120), first.output()[-3000:]
+    first.kill()  # SIGKILL to the parent and its pool child, mid-task
+
+    second = start_worker(slow)
+    finished = client.wait(job.id, timeout_s=150)
+    assert finished.status is JobStatus.DONE, second.output()[-3000:]
+    assert finished.attempts == 2
+    store = Store(model_settings.sqlalchemy_url)
+    assert store.analysis_count(job_id=job.id) == 1

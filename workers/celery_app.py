@@ -1,0 +1,54 @@
+"""The Celery application: queues, routing and reliability settings. Tasks live in workers.tasks.
+
+Queues: ``gpu`` (inference), ``cpu`` (light work, recommendations), ``train`` (re-indexing and training).
+Nothing here imports torch or loads a model: models are loaded lazily inside each worker child process.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+from kombu import Queue
+
+from core.logs import configure_logging
+from core.settings import Settings, get_settings
+
+QUEUES = ("gpu", "cpu", "train")
+ANALYZE_TASK = "anibot.analyze"
+
+
+class ConfigurationError(RuntimeError):
+    pass
+
+
+def make_app(settings: Settings) -> Celery:
+    if settings.visibility_timeout_s <= settings.task_time_limit_s:
+        raise ConfigurationError(
+            f"ANIBOT_VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s}) must be longer than "
+            f"ANIBOT_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), or Redis redelivers tasks still running")
+    app = Celery("anibot", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # job state and results live in the job store (core.jobs), not in Celery
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="cpu",
+        task_routes={ANALYZE_TASK: {"queue": "gpu"}},
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 5),
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_app(get_settings())
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    configure_logging(get_settings())

@@ -1,0 +1,87 @@
+"""Submitting work to the queue and reading results back: what the CLI's ``--queue`` mode and the bots use.
+
+Light by design (no torch, no task code): the task is sent by its registered name, with only a job id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+
+from core.intake import decode_image
+from core.jobs import BlobStore, Job, JobError, JobStatus, JobStore, Requester
+from core.kv import RedisKV
+from core.result_cache import ResultCache
+from core.results import AnalysisResult
+from core.settings import Settings
+from workers.celery_app import ANALYZE_TASK, make_app
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, job: Job) -> None:
+        error = job.error or JobError("internal", "Something went wrong.")
+        super().__init__(f"job {job.id} failed: {error.code}: {error.message}")
+        self.job = job
+        self.error = error
+
+
+class JobTimeout(TimeoutError):
+    pass
+
+
+@dataclass(frozen=True)
+class FinishedAnalysis:
+    job: Job
+    result: AnalysisResult
+    annotated_png: bytes
+
+
+class QueueClient:
+    def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
+        self.settings = settings
+        self.kv = RedisKV(settings.redis_url)
+        self.blobs = BlobStore(self.kv, settings.blob_ttl_s)
+        self.jobs = JobStore(self.kv, settings.job_ttl_s)
+        self.cache = ResultCache(self.kv, self.blobs, settings.result_cache_ttl_s)
+        self.app = celery_app or make_app(settings)
+
+    def submit_analysis(self, data: bytes, *, requester: Requester, top_n: int | None = None) -> Job:
+        """Validate, store the bytes, and enqueue; a duplicate of a finished analysis is answered at once.
+
+        Raises :class:`core.intake.IntakeError` for bad input, before anything is stored or enqueued.
+        """
+        top_n = top_n or self.settings.top_n
+        decoded = decode_image(data, max_bytes=self.settings.max_image_bytes,
+                               max_pixels=self.settings.max_image_pixels)
+        image = self.blobs.put(data)
+        job = self.jobs.create("analyze", requester, params={"image": image, "top_n": top_n})
+        fingerprint = self.cache.published_fingerprint()
+        cached = self.cache.get(decoded.sha256, fingerprint, top_n) if fingerprint else None
+        if cached is not None:
+            return self.jobs.update(job, status=JobStatus.DONE, progress=1.0, cached=True,
+                                    result={"json": cached.result_blob, "annotated_png": cached.annotated_blob})
+        self.app.send_task(ANALYZE_TASK, args=[job.id], queue="gpu")
+        return job
+
+    def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        job = self.jobs.wait(job_id, timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s)
+        if not job.status.finished:
+            raise JobTimeout(f"job {job_id} still {job.status} after waiting")
+        return job
+
+    def fetch_analysis(self, job: Job) -> FinishedAnalysis:
+        if job.status is JobStatus.FAILED or job.result is None:
+            raise JobFailed(job)
+        result = AnalysisResult.from_dict(json.loads(self.blobs.get(job.result["json"])))
+        return FinishedAnalysis(job, result, self.blobs.get(job.result["annotated_png"]))
+
+    def analyze(self, data: bytes, *, requester: Requester, top_n: int | None = None,
+                timeout_s: float | None = None) -> FinishedAnalysis:
+        """Submit and wait (blocking: async front-ends run this in a thread)."""
+        started = time.monotonic()
+        job = self.submit_analysis(data, requester=requester, top_n=top_n)
+        left = (timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s) - (time.monotonic() - started)
+        return self.fetch_analysis(self.wait(job.id, max(left, 0.0)))

@@ -1,0 +1,82 @@
+"""Celery tasks: thin wrappers over core. Only ids travel in messages; bytes are read from the blob store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task
+
+from core.intake import IntakeError
+from core.jobs import BlobNotFound, JobError, JobStatus
+from core.settings import get_settings
+from workers import runtime
+from workers.celery_app import ANALYZE_TASK, app
+
+log = logging.getLogger(__name__)
+
+# Errors worth another try: the store or the broker blinked. Bad input and bugs are never retried.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+)
+
+
+class AnibotTask(Task):
+    """Cross-cutting concerns: bounded retries for transient errors, failed jobs recorded, log context."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    max_retries = get_settings().task_max_retries
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id = args[0] if args else kwargs.get("job_id")
+        log.error("task %s failed for job %s: %s", self.name, job_id, exc)
+        try:
+            jobs = runtime.service().jobs
+            job = jobs.get(job_id) if job_id else None
+            if job is not None and not job.status.finished:
+                jobs.update(job, status=JobStatus.FAILED, error=JobError("internal", "Something went wrong."))
+        except Exception:  # the store itself may be what failed
+            log.exception("could not record the failure of job %s", job_id)
+
+
+@app.task(name=ANALYZE_TASK, base=AnibotTask, bind=True, queue="gpu", acks_late=True,
+          reject_on_worker_lost=True)
+def analyze(self: AnibotTask, job_id: str) -> str:
+    """Analyse the image of job ``job_id``. Idempotent: a redelivered, already finished job is left as it is."""
+    service = runtime.service()
+    job = service.jobs.get(job_id)
+    if job is None:
+        log.warning("job %s not found (expired?): dropped", job_id)
+        return "missing"
+    if job.status.finished:
+        log.info("job %s already %s: redelivery ignored", job_id, job.status)
+        return str(job.status)
+    job = service.jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
+    log.info("job %s running (attempt %d) on %s", job_id, job.attempts, runtime.worker_id())
+    delay = service.settings.test_task_delay_s
+    if delay:
+        time.sleep(delay)
+    try:
+        data = service.blobs.get(job.params["image"])
+        outcome = service.analyze(data, top_n=int(job.params.get("top_n", service.settings.top_n)),
+                                  requester=job.requester, job_id=job.id)
+    except BlobNotFound:
+        service.jobs.update(job, status=JobStatus.FAILED,
+                            error=JobError("blob_expired", "The image expired before it could be analysed."))
+        return "failed"
+    except IntakeError as exc:
+        service.jobs.update(job, status=JobStatus.FAILED, error=JobError(exc.code, exc.user_message))
+        return "failed"
+    if not outcome.logged:
+        log.warning("job %s had already been completed once; result kept", job_id)
+    service.jobs.update(job, status=JobStatus.DONE, progress=1.0, cached=outcome.cached,
+                        result={"json": outcome.refs.result_blob, "annotated_png": outcome.refs.annotated_blob})
+    return "done"
