@@ -18,19 +18,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.models_cmd import models_app
-from core.intake import IntakeError
+from core.intake import IntakeError, read_image_file
 from core.jobs import Requester
 from core.logs import configure_logging
 from core.results import UNKNOWN, AnalysisResult
 from core.settings import get_settings
 
-app = typer.Typer(help="anibot: find, identify, tag and caption anime characters.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="anibot: find, identify, tag and caption anime characters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
-CSV_COLUMNS = ["path", "image_sha256", "status", "error", "n_heads", "names", "confidences", "rating", "tags",
-               "caption", "cached", "degraded"]
+CSV_COLUMNS = [
+    "path",
+    "image_sha256",
+    "status",
+    "error",
+    "n_heads",
+    "names",
+    "confidences",
+    "rating",
+    "tags",
+    "caption",
+    "cached",
+    "degraded",
+]
 
 
 @app.callback()
@@ -41,13 +57,16 @@ def _main() -> None:
 def iter_images(paths: list[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            yield from sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
         else:
             yield path
 
 
-def _record(path: Path, result: AnalysisResult | None, *, cached: bool = False,
-            error: str | None = None) -> dict[str, object]:
+def _record(
+    path: Path, result: AnalysisResult | None, *, cached: bool = False, error: str | None = None
+) -> dict[str, object]:
     if result is None:
         return {"path": str(path), "status": "refused", "error": error}
     return {"path": str(path), "status": "ok", "cached": cached, **result.to_dict()}
@@ -57,11 +76,17 @@ def _csv_row(record: dict[str, object]) -> dict[str, object]:
     heads = record.get("heads") or []
     tags = record.get("tags") or []
     return {
-        "path": record["path"], "image_sha256": record.get("image_sha256", ""), "status": record["status"],
-        "error": record.get("error") or "", "n_heads": len(heads),
-        "names": "|".join(h["name"] for h in heads), "confidences": "|".join(f"{h['confidence']:.3f}" for h in heads),
-        "rating": record.get("rating") or "", "tags": " ".join(t["name"] for t in tags if t["category"] == "general"),
-        "caption": record.get("caption") or "", "cached": record.get("cached", ""),
+        "path": record["path"],
+        "image_sha256": record.get("image_sha256", ""),
+        "status": record["status"],
+        "error": record.get("error") or "",
+        "n_heads": len(heads),
+        "names": "|".join(h["name"] for h in heads),
+        "confidences": "|".join(f"{h['confidence']:.3f}" for h in heads),
+        "rating": record.get("rating") or "",
+        "tags": " ".join(t["name"] for t in tags if t["category"] == "general"),
+        "caption": record.get("caption") or "",
+        "cached": record.get("cached", ""),
         "degraded": "|".join(d["stage"] for d in record.get("degraded") or []),
     }
 
@@ -109,9 +134,17 @@ def summary_table(rows: list[tuple[str, AnalysisResult | None, str]]) -> Table:
         if result is None:
             table.add_row(name, "-", "-", "-", f"[red]{message}[/red]")
             continue
-        who = ", ".join(f"{h.name} {h.confidence:.0%}" if h.name != UNKNOWN else UNKNOWN for h in result.heads)
-        degraded = f" [yellow](degraded: {', '.join(d.stage for d in result.degraded)})[/yellow]" if result.degraded else ""
-        table.add_row(name, str(len(result.heads)), who or "-", result.rating or "-", (result.caption or "") + degraded)
+        who = ", ".join(
+            f"{h.name} {h.confidence:.0%}" if h.name != UNKNOWN else UNKNOWN for h in result.heads
+        )
+        degraded = (
+            f" [yellow](degraded: {', '.join(d.stage for d in result.degraded)})[/yellow]"
+            if result.degraded
+            else ""
+        )
+        table.add_row(
+            name, str(len(result.heads)), who or "-", result.rating or "-", (result.caption or "") + degraded
+        )
     return table
 
 
@@ -119,11 +152,21 @@ def summary_table(rows: list[tuple[str, AnalysisResult | None, str]]) -> Table:
 def analyze(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     top_n: Annotated[int, typer.Option("--top-n", min=1, max=50, help="Candidates per head.")] = 5,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here: JSON lines, or CSV when "
-                                                  "the name ends in .csv; '-' for stdout.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Write results here: JSON lines, or CSV when the name ends in .csv; '-' for stdout.",
+        ),
+    ] = None,
     annotated: Annotated[Path | None, typer.Option("--annotated", help="Folder for annotated PNGs.")] = None,
-    queue: Annotated[bool, typer.Option("--queue", help="Enqueue through Redis and wait for a worker, "
-                                        "instead of analysing in this process.")] = False,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Enqueue through Redis and wait for a worker, instead of analysing in this process.",
+        ),
+    ] = False,
 ) -> None:
     """Analyse pictures: heads, characters (top-N each), tags, rating and a caption."""
     settings = get_settings()
@@ -159,8 +202,14 @@ def analyze(
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _embedded_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
@@ -173,7 +222,9 @@ def _embedded_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
     service = AnalysisService(settings, MemoryKV(), store)
 
     def run(path: Path) -> tuple[AnalysisResult, bytes, bool]:
-        outcome = service.analyze(_read(path, settings.max_image_bytes), top_n=top_n, requester=Requester("cli"))
+        outcome = service.analyze(
+            read_image_file(path, max_bytes=settings.max_image_bytes), top_n=top_n, requester=Requester("cli")
+        )
         return outcome.result, outcome.annotated_png, outcome.cached
 
     return run
@@ -191,7 +242,11 @@ def _queue_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
 
     def run(path: Path) -> tuple[AnalysisResult, bytes, bool]:
         try:
-            done = client.analyze(_read(path, settings.max_image_bytes), requester=Requester("cli"), top_n=top_n)
+            done = client.analyze(
+                read_image_file(path, max_bytes=settings.max_image_bytes),
+                requester=Requester("cli"),
+                top_n=top_n,
+            )
         except JobFailed as exc:
             raise RuntimeError(exc.error.message) from None
         return done.result, done.annotated_png, done.job.cached
@@ -199,20 +254,11 @@ def _queue_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
     return run
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
-    """Read a file, refusing an oversize one before reading it."""
-    from core.intake import ImageTooLarge, NotAnImage
-
-    if not path.is_file():
-        raise NotAnImage(f"{path} is not a file") if path.exists() else FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size > max_bytes:
-        raise ImageTooLarge(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
-    return path.read_bytes()
-
-
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume: gpu, cpu, train.")] = "gpu,cpu",
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues to consume: gpu, cpu, train.")
+    ] = "gpu,cpu",
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
@@ -224,21 +270,38 @@ def worker(
     if unknown:
         console.print(f"[red]Unknown queue(s): {', '.join(unknown)}; queues are {', '.join(QUEUES)}.[/red]")
         raise typer.Exit(2)
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", ",".join(wanted),
-            "-c", str(concurrency), "--loglevel", loglevel, "-n", f"anibot-{'-'.join(wanted)}@%h",
-            "--without-gossip", "--without-mingle"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app:app",
+        "worker",
+        "-Q",
+        ",".join(wanted),
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "-n",
+        f"anibot-{'-'.join(wanted)}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     os.execvp(argv[0], argv)
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where scenes, annotated images and results go.")] = Path("out/demo"),
+    out: Annotated[Path, typer.Option(help="Where scenes, annotated images and results go.")] = Path(
+        "out/demo"
+    ),
     scenes: Annotated[int, typer.Option(min=1, max=200, help="How many scenes to generate.")] = 8,
     seed: Annotated[int, typer.Option(help="First scene seed.")] = 9_000_000,
 ) -> None:
     """Build any missing starter model, generate sample scenes, analyse them, and score against the truth."""
     from cli.models_cmd import build_missing
-    from core.synth import render_scene
+    from core.synth import CAST_BY_KEY, render_scene
 
     settings = get_settings()
     build_missing(settings)
@@ -265,13 +328,13 @@ def demo(
                 match = max(result.heads, key=lambda h: h.box.iou(head.box), default=None)
                 if match is not None and match.box.iou(head.box) >= 0.5:
                     found += 1
-                    from core.synth import CAST_BY_KEY
-
                     correct += match.name == CAST_BY_KEY[head.character].name
     elapsed = time.perf_counter() - started
     console.print(summary_table(rows))
-    console.print(f"Heads found: {found}/{drawn}; correctly named: {correct}/{drawn}; "
-                  f"{elapsed / len(truth):.2f} s per image (first includes model loading).")
+    console.print(
+        f"Heads found: {found}/{drawn}; correctly named: {correct}/{drawn}; "
+        f"{elapsed / len(truth):.2f} s per image (first includes model loading)."
+    )
     console.print(f"Annotated images and results.jsonl are in {out}/")
 
 

@@ -20,8 +20,14 @@ console = Console(stderr=True)
 def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, seed: int = 0) -> None:
     from core.training.build import SMOKE_BUDGETS, build_slot
 
-    with Progress(TextColumn("[bold]{task.fields[slot]:<9}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.fields[slot]:<9}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         for slot in slots:
             task = progress.add_task("starting", total=1.0, slot=slot)
 
@@ -29,10 +35,12 @@ def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, se
                 progress.update(task, description=message, completed=max(0.0, min(1.0, fraction)))
 
             started = time.perf_counter()
-            manifest = build_slot(settings, slot, seed=seed, progress=report,
-                                  budget=SMOKE_BUDGETS[slot] if smoke else None)
-            progress.update(task, completed=1.0,
-                            description=f"{manifest.name} in {time.perf_counter() - started:.0f} s")
+            manifest = build_slot(
+                settings, slot, seed=seed, progress=report, budget=SMOKE_BUDGETS[slot] if smoke else None
+            )
+            progress.update(
+                task, completed=1.0, description=f"{manifest.name} in {time.perf_counter() - started:.0f} s"
+            )
 
 
 def build_missing(settings: Settings) -> None:
@@ -58,7 +66,9 @@ def build(
     wanted = slot or list(BUILDERS)
     unknown = sorted(set(wanted) - set(BUILDERS))
     if unknown:
-        console.print(f"[red]No starter builder for: {', '.join(unknown)} (buildable: {', '.join(BUILDERS)})[/red]")
+        console.print(
+            f"[red]No starter builder for: {', '.join(unknown)} (buildable: {', '.join(BUILDERS)})[/red]"
+        )
         raise typer.Exit(2)
     todo = wanted if force else [s for s in wanted if s in missing_slots(settings)]
     if not todo:
@@ -85,8 +95,14 @@ def list_models() -> None:
             table.add_row(slot, "[red]none[/red]", "-", "-", "-", "run `anibot models build`")
         for manifest in manifests:
             is_active = active is not None and manifest.name == active.name
-            table.add_row(slot, manifest.name, manifest.format, manifest.version, "yes" if is_active else "",
-                          manifest.provenance)
+            table.add_row(
+                slot,
+                manifest.name,
+                manifest.format,
+                manifest.version,
+                "yes" if is_active else "",
+                manifest.provenance,
+            )
     if chosen:
         console.print(f"active.json: {chosen}")
     Console().print(table)

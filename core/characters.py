@@ -35,18 +35,23 @@ def enrol(store: Store, embedder: Embedder, name: str, series: str, references: 
         raise ValueError(f"no reference images for {name!r}")
     character_id = store.add_character(name, series)
     embeddings = embedder.embed([r.image for r in references])
-    added = sum(store.add_reference(character_id, ref.sha256, embedder.version, vector)
-                for ref, vector in zip(references, embeddings, strict=True))
+    added = sum(
+        store.add_reference(character_id, ref.sha256, embedder.version, vector)
+        for ref, vector in zip(references, embeddings, strict=True)
+    )
     log.info("enrolled %s (%s): %d new of %d references", name, series or "-", added, len(references))
     return added
 
 
-def enrol_synthetic_cast(store: Store, embedder: Embedder, *, refs_per_character: int = 5,
-                         seed: int = 7_000_000) -> int:
+def enrol_synthetic_cast(
+    store: Store, embedder: Embedder, *, refs_per_character: int = 5, seed: int = 7_000_000
+) -> int:
     """Enrol every synthetic character with portraits rendered from seeds disjoint from training and the demo."""
     total = 0
     for index, spec in enumerate(CAST):
-        refs = [Reference.from_image(render_portrait(spec.key, seed + index * 100 + k))
-                for k in range(refs_per_character)]
+        refs = [
+            Reference.from_image(render_portrait(spec.key, seed + index * 100 + k))
+            for k in range(refs_per_character)
+        ]
         total += enrol(store, embedder, spec.name, spec.series, refs)
     return total

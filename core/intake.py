@@ -182,8 +182,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     return DecodedImage(rgb, image_sha256(data), fmt, rgb.width, rgb.height, n_bytes)
 
 
-def decode_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Like :func:`decode_image` for a file; the size is checked with ``stat`` before reading.
+def read_image_file(path: Path, *, max_bytes: int) -> bytes:
+    """The bytes of an image file; the size is checked with ``stat`` before reading.
 
     A missing file raises ``FileNotFoundError``; a directory or any non-regular file is :class:`NotAnImage`.
     """
@@ -193,5 +193,9 @@ def decode_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> Decoded
     if st.st_size > max_bytes:
         raise _too_many_bytes(st.st_size, max_bytes)
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)  # bounded even if the file grows after the stat
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        return f.read(max_bytes + 1)  # bounded even if the file grows after the stat
+
+
+def decode_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """Like :func:`decode_image` for a file (see :func:`read_image_file`)."""
+    return decode_image(read_image_file(path, max_bytes=max_bytes), max_bytes=max_bytes, max_pixels=max_pixels)

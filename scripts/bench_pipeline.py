@@ -50,9 +50,30 @@ def scenes(n: int, seed: int) -> list[bytes]:
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", "gpu", "-c", str(concurrency),
-         "--loglevel", "WARNING", "-n", f"bench-{concurrency}@%h", "--without-gossip", "--without-mingle"],
-        cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app:app",
+            "worker",
+            "-Q",
+            "gpu",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"bench-{concurrency}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -61,7 +82,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--throughput-images", type=int, default=24)
     parser.add_argument("--seed", type=int, default=8_000_000)
@@ -72,8 +95,10 @@ def main() -> None:
     store = Store.from_settings(settings)
     store.create_all()
     images = scenes(args.images, args.seed)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; models in {settings.models_dir}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}; models in {settings.models_dir}"
+    )
 
     # --- in process -------------------------------------------------------------------------------
     service = AnalysisService(settings, MemoryKV(), store)
@@ -97,8 +122,13 @@ def main() -> None:
 
     kv = RedisKV(redis_url)
     kv.client.flushdb()
-    env = {**os.environ, "ANIBOT_REDIS_URL": redis_url, "ANIBOT_LOG_LEVEL": "WARNING",
-           "ANIBOT_MODELS_DIR": str(settings.models_dir.resolve()), "ANIBOT_DATABASE_URL": settings.sqlalchemy_url}
+    env = {
+        **os.environ,
+        "ANIBOT_REDIS_URL": redis_url,
+        "ANIBOT_LOG_LEVEL": "WARNING",
+        "ANIBOT_MODELS_DIR": str(settings.models_dir.resolve()),
+        "ANIBOT_DATABASE_URL": settings.sqlalchemy_url,
+    }
     log = Path("/tmp/anibot-bench-worker.log")
     client = QueueClient(settings)
     worker = start_worker(env, 1, log)

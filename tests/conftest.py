@@ -25,8 +25,15 @@ def shared_data_dir() -> Path:
 
 def _training_code_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted([*REPO.glob("core/training/*.py"), REPO / "core/synth.py", *REPO.glob("core/slots/*.py"),
-                        REPO / "core/characters.py", REPO / "core/store.py"]):
+    for path in sorted(
+        [
+            *REPO.glob("core/training/*.py"),
+            REPO / "core/synth.py",
+            *REPO.glob("core/slots/*.py"),
+            REPO / "core/characters.py",
+            REPO / "core/store.py",
+        ]
+    ):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -70,8 +77,12 @@ def model_env(built_models: Path, tmp_path: Path) -> dict[str, str]:
 def model_settings(model_env: dict[str, str]):  # type: ignore[no-untyped-def]
     from core.settings import Settings
 
-    return Settings(models_dir=Path(model_env["ANIBOT_MODELS_DIR"]), data_dir=Path(model_env["ANIBOT_DATA_DIR"]),
-                    database_url=model_env["ANIBOT_DATABASE_URL"], redis_url=model_env["ANIBOT_REDIS_URL"])
+    return Settings(
+        models_dir=Path(model_env["ANIBOT_MODELS_DIR"]),
+        data_dir=Path(model_env["ANIBOT_DATA_DIR"]),
+        database_url=model_env["ANIBOT_DATABASE_URL"],
+        redis_url=model_env["ANIBOT_REDIS_URL"],
+    )
 
 
 @pytest.fixture
@@ -97,9 +108,31 @@ class WorkerProcess:
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues, "-c", "1",
-             "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app:app",
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                "1",
+                "--loglevel",
+                "INFO",
+                "-n",
+                self.name,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole worker: the Celery parent and its pool children."""

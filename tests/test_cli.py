@@ -16,8 +16,14 @@ from tests.conftest import REPO
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -34,15 +40,29 @@ def scene_files(tmp_path: Path) -> list[Path]:
 @pytest.mark.slow
 def test_analyze_in_process_writes_json_lines_and_annotated(scene_files, model_env, tmp_path):
     out = tmp_path / "results.jsonl"
-    done = run_cli(["analyze", str(scene_files[0].parent), "--json", str(out), "--annotated",
-                    str(tmp_path / "ann"), "--top-n", "3"], model_env)
+    done = run_cli(
+        [
+            "analyze",
+            str(scene_files[0].parent),
+            "--json",
+            str(out),
+            "--annotated",
+            str(tmp_path / "ann"),
+            "--top-n",
+            "3",
+        ],
+        model_env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["path"]).name for r in records] == [p.name for p in scene_files]
     assert [h["name"] for h in records[0]["heads"]] == [CAST_BY_KEY["aoi"].name]
-    assert sorted(h["name"] for h in records[1]["heads"]) == sorted([CAST_BY_KEY["rin"].name,
-                                                                     CAST_BY_KEY["yuki"].name])
-    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [f"{p.stem}.annotated.png" for p in scene_files]
+    assert sorted(h["name"] for h in records[1]["heads"]) == sorted(
+        [CAST_BY_KEY["rin"].name, CAST_BY_KEY["yuki"].name]
+    )
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [
+        f"{p.stem}.annotated.png" for p in scene_files
+    ]
 
 
 @pytest.mark.slow
@@ -61,8 +81,10 @@ def test_analyze_through_the_queue_as_csv(scene_files, model_env, redis_kv, star
 def test_refused_input_prints_its_message_and_exits_nonzero(tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("this is a text file, not a picture")
-    done = run_cli(["analyze", str(bad), "--json", "-"], {"ANIBOT_MODELS_DIR": str(tmp_path / "none"),
-                                                           "ANIBOT_DATA_DIR": str(tmp_path)})
+    done = run_cli(
+        ["analyze", str(bad), "--json", "-"],
+        {"ANIBOT_MODELS_DIR": str(tmp_path / "none"), "ANIBOT_DATA_DIR": str(tmp_path)},
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     record = json.loads(done.stdout.strip().splitlines()[-1])

@@ -35,13 +35,17 @@ def test_job_lifecycle_and_wait_wakes_on_finish(kv):
 
     def finish() -> None:
         time.sleep(0.3)
-        jobs.update(running, status=JobStatus.FAILED, error=JobError("not_an_image", "That is not a picture."))
+        jobs.update(
+            running, status=JobStatus.FAILED, error=JobError("not_an_image", "That is not a picture.")
+        )
 
     threading.Thread(target=finish).start()
     started = time.monotonic()
     finished = jobs.wait(job.id, timeout_s=10, poll_s=5)
     assert time.monotonic() - started < 3, "wait() did not wake on the done signal"
-    assert finished.status is JobStatus.FAILED and finished.error == JobError("not_an_image", "That is not a picture.")
+    assert finished.status is JobStatus.FAILED and finished.error == JobError(
+        "not_an_image", "That is not a picture."
+    )
     assert finished.requester == Requester("discord", "c1", "u1") and finished.attempts == 1
 
 

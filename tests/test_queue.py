@@ -31,7 +31,7 @@ def make_client(settings):  # type: ignore[no-untyped-def]
 def test_enqueue_then_result_then_duplicate_from_cache(redis_kv, model_env, model_settings, start_worker):
     worker = start_worker(model_env)
     client = make_client(model_settings)
-    data, scene = scene_png(9_100_001, characters=["aoi"])
+    data, _ = scene_png(9_100_001, characters=["aoi"])
     done = client.analyze(data, requester=Requester("test", "chat-1", "user-1"), timeout_s=180)
     assert done.job.status is JobStatus.DONE, worker.output()[-3000:]
     assert not done.job.cached
@@ -57,16 +57,23 @@ def test_bad_input_is_refused_before_enqueue(redis_kv, model_settings):
     assert not any(key.startswith(b"anibot:job:") for key in redis_kv.client.keys("*"))
 
 
-def test_worker_killed_mid_task_is_redelivered_and_completes_once(redis_kv, model_env, model_settings,
-                                                                  start_worker):
+def test_worker_killed_mid_task_is_redelivered_and_completes_once(
+    redis_kv, model_env, model_settings, start_worker
+):
     # a short visibility timeout makes Redis hand the unacknowledged task to another worker soon
-    slow = {**model_env, "ANIBOT_TEST_TASK_DELAY_S": "4", "ANIBOT_TASK_TIME_LIMIT_S": "10",
-            "ANIBOT_VISIBILITY_TIMEOUT_S": "11"}
+    slow = {
+        **model_env,
+        "ANIBOT_TEST_TASK_DELAY_S": "4",
+        "ANIBOT_TASK_TIME_LIMIT_S": "10",
+        "ANIBOT_VISIBILITY_TIMEOUT_S": "11",
+    }
     first = start_worker(slow)
     client = make_client(model_settings)
     data, _ = scene_png(9_100_002)
     job = client.submit_analysis(data, requester=Requester("test"))
-    assert wait_for(lambda: client.jobs.require(job.id).status is JobStatus.RUNNING, 120), first.output()[-3000:]
+    assert wait_for(lambda: client.jobs.require(job.id).status is JobStatus.RUNNING, 120), first.output()[
+        -3000:
+    ]
     first.kill()  # SIGKILL to the parent and its pool child, mid-task
 
     second = start_worker(slow)

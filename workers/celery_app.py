@@ -24,7 +24,8 @@ def make_app(settings: Settings) -> Celery:
     if settings.visibility_timeout_s <= settings.task_time_limit_s:
         raise ConfigurationError(
             f"ANIBOT_VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s}) must be longer than "
-            f"ANIBOT_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), or Redis redelivers tasks still running")
+            f"ANIBOT_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), or Redis redelivers tasks still running"
+        )
     app = Celery("anibot", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(
         task_serializer="json",

@@ -54,15 +54,21 @@ class QueueClient:
         Raises :class:`core.intake.IntakeError` for bad input, before anything is stored or enqueued.
         """
         top_n = top_n or self.settings.top_n
-        decoded = decode_image(data, max_bytes=self.settings.max_image_bytes,
-                               max_pixels=self.settings.max_image_pixels)
+        decoded = decode_image(
+            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
         image = self.blobs.put(data)
         job = self.jobs.create("analyze", requester, params={"image": image, "top_n": top_n})
         fingerprint = self.cache.published_fingerprint()
         cached = self.cache.get(decoded.sha256, fingerprint, top_n) if fingerprint else None
         if cached is not None:
-            return self.jobs.update(job, status=JobStatus.DONE, progress=1.0, cached=True,
-                                    result={"json": cached.result_blob, "annotated_png": cached.annotated_blob})
+            return self.jobs.update(
+                job,
+                status=JobStatus.DONE,
+                progress=1.0,
+                cached=True,
+                result={"json": cached.result_blob, "annotated_png": cached.annotated_blob},
+            )
         self.app.send_task(ANALYZE_TASK, args=[job.id], queue="gpu")
         return job
 
@@ -78,10 +84,13 @@ class QueueClient:
         result = AnalysisResult.from_dict(json.loads(self.blobs.get(job.result["json"])))
         return FinishedAnalysis(job, result, self.blobs.get(job.result["annotated_png"]))
 
-    def analyze(self, data: bytes, *, requester: Requester, top_n: int | None = None,
-                timeout_s: float | None = None) -> FinishedAnalysis:
+    def analyze(
+        self, data: bytes, *, requester: Requester, top_n: int | None = None, timeout_s: float | None = None
+    ) -> FinishedAnalysis:
         """Submit and wait (blocking: async front-ends run this in a thread)."""
         started = time.monotonic()
         job = self.submit_analysis(data, requester=requester, top_n=top_n)
-        left = (timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s) - (time.monotonic() - started)
+        left = (timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s) - (
+            time.monotonic() - started
+        )
         return self.fetch_analysis(self.wait(job.id, max(left, 0.0)))

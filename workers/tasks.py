@@ -47,8 +47,9 @@ class AnibotTask(Task):
             log.exception("could not record the failure of job %s", job_id)
 
 
-@app.task(name=ANALYZE_TASK, base=AnibotTask, bind=True, queue="gpu", acks_late=True,
-          reject_on_worker_lost=True)
+@app.task(
+    name=ANALYZE_TASK, base=AnibotTask, bind=True, queue="gpu", acks_late=True, reject_on_worker_lost=True
+)
 def analyze(self: AnibotTask, job_id: str) -> str:
     """Analyse the image of job ``job_id``. Idempotent: a redelivered, already finished job is left as it is."""
     service = runtime.service()
@@ -66,17 +67,29 @@ def analyze(self: AnibotTask, job_id: str) -> str:
         time.sleep(delay)
     try:
         data = service.blobs.get(job.params["image"])
-        outcome = service.analyze(data, top_n=int(job.params.get("top_n", service.settings.top_n)),
-                                  requester=job.requester, job_id=job.id)
+        outcome = service.analyze(
+            data,
+            top_n=int(job.params.get("top_n", service.settings.top_n)),
+            requester=job.requester,
+            job_id=job.id,
+        )
     except BlobNotFound:
-        service.jobs.update(job, status=JobStatus.FAILED,
-                            error=JobError("blob_expired", "The image expired before it could be analysed."))
+        service.jobs.update(
+            job,
+            status=JobStatus.FAILED,
+            error=JobError("blob_expired", "The image expired before it could be analysed."),
+        )
         return "failed"
     except IntakeError as exc:
         service.jobs.update(job, status=JobStatus.FAILED, error=JobError(exc.code, exc.user_message))
         return "failed"
     if not outcome.logged:
         log.warning("job %s had already been completed once; result kept", job_id)
-    service.jobs.update(job, status=JobStatus.DONE, progress=1.0, cached=outcome.cached,
-                        result={"json": outcome.refs.result_blob, "annotated_png": outcome.refs.annotated_blob})
+    service.jobs.update(
+        job,
+        status=JobStatus.DONE,
+        progress=1.0,
+        cached=outcome.cached,
+        result={"json": outcome.refs.result_blob, "annotated_png": outcome.refs.annotated_blob},
+    )
     return "done"

@@ -45,8 +45,14 @@ def missing_slots(settings: Settings) -> list[str]:
     return [slot for slot in BUILDERS if active_manifest(settings.models_dir, slot) is None]
 
 
-def build_slot(settings: Settings, slot: str, *, seed: int = 0, progress: Progress | None = None,
-               budget: dict[str, Any] | None = None) -> Manifest:
+def build_slot(
+    settings: Settings,
+    slot: str,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+    budget: dict[str, Any] | None = None,
+) -> Manifest:
     """Train the starter model of ``slot`` and install it as the slot's active model."""
     with tempfile.TemporaryDirectory(prefix=f"anibot-build-{slot}-") as tmp:
         staging = Path(tmp) / "model"
