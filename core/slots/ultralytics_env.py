@@ -61,18 +61,26 @@ def ultralytics_offline(config_dir: Path) -> None:
 
     Sets ``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=False`` and ``YOLO_CONFIG_DIR``, places the two fonts there and
     turns settings ``sync`` off. When ultralytics was already imported its config folder is fixed: the fonts then
-    go to the folder it actually uses.
+    go to the folder it actually uses, and its import-time switches are patched.
     """
     config_dir = Path(config_dir).expanduser().resolve()
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "False"
-    if "ultralytics" not in sys.modules:
+    imported_before = "ultralytics" in sys.modules
+    if not imported_before:
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     folders = {config_dir}
 
+    import ultralytics.utils
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
+    if imported_before:  # module constants read from the environment at import time
+        ultralytics.utils.ONLINE = False
+        ultralytics.utils.AUTOINSTALL = False
+        checks = sys.modules.get("ultralytics.utils.checks")
+        if checks is not None:
+            checks.AUTOINSTALL = False  # type: ignore[attr-defined]
     folders.add(Path(USER_CONFIG_DIR))
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,8 @@ def _pick_device(device: str | None) -> str:
 
 
 def _metric(metrics: Any, key: str) -> float:
-    if isinstance(metrics, dict):
-        value = metrics.get(key)
-    else:
-        value = getattr(metrics, "results_dict", {}).get(key)
+    values = metrics if isinstance(metrics, dict) else getattr(metrics, "results_dict", {})
+    value = values.get(key)
     return round(float(value), 4) if value is not None else float("nan")
 
 
@@ -161,9 +160,11 @@ def train_starter_detector(
         best = trainer.best if Path(trainer.best).is_file() else trainer.last
 
         report("exporting ONNX", 0.92)
-        exported = YOLO(str(best)).export(
-            format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, device="cpu"
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")  # tracing
+            exported = YOLO(str(best)).export(
+                format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, device="cpu"
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(exported, out_dir / "model.onnx")
         shutil.copyfile(best, out_dir / "model.pt")

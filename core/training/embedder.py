@@ -1,0 +1,382 @@
+"""The starter embedder: a small timm backbone trained from scratch on synthetic head crops, offline, in minutes.
+
+Measured (2 CPU cores, shared with other training jobs; defaults): TODO
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from core.gallery import Calibration, Gallery, GalleryItem, fit_threshold_and_calibration
+from core.results import Box
+from core.slots.base import Manifest, file_sha256
+from core.slots.embedder import IMAGENET_MEAN, IMAGENET_STD, OnnxEmbedder, edge_colour, pad_to_square, to_tensor
+from core.synth import CAST, CAST_BY_KEY, render_portrait, render_scene
+
+STARTER_NAME = "anibot-starter-embedder"
+FORMAT = "onnx-embedder"
+DEFAULT_HOLDOUT = ("natsu", "chiyo")
+# seed ranges: training renders start at seed * TRAIN_SEED_STRIDE; validation renders live far above them
+TRAIN_SEED_STRIDE = 100_000
+VAL_GALLERY_SEED = 50_000_000
+VAL_SCENE_SEED = 60_000_000
+QUERY_MARGIN = 0.05  # validation head crops: the scene's head box grown by 5% per side
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class HeadSample:
+    """A training crop: the image (with some context) and the head box inside it."""
+
+    image: Image.Image
+    box: tuple[float, float, float, float]
+    label: int
+    portrait: bool
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+
+def crop_head(image: Image.Image, box: Box, margin: float = QUERY_MARGIN) -> Image.Image:
+    """The head box grown by ``margin`` of its size on every side, clipped to the image."""
+    mw, mh = box.width * margin, box.height * margin
+    w, h = image.size
+    rect = (max(0, int(box.x1 - mw)), max(0, int(box.y1 - mh)), min(w, int(math.ceil(box.x2 + mw))),
+            min(h, int(math.ceil(box.y2 + mh))))
+    return image.crop(rect)
+
+
+def _shrink(image: Image.Image, box: tuple[float, float, float, float], longest: int):
+    scale = longest / max(image.size)
+    if scale >= 1:
+        return image, box
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR), tuple(v * scale for v in box)
+
+
+def render_training_set(keys: Sequence[str], *, seed: int, n_scenes: int, portraits_per_character: int,
+                        store_size: int) -> list[HeadSample]:
+    """Portraits and scene-head crops (with 30% context) of ``keys``, rendered into memory, smaller than
+    ``store_size`` px on their longer side."""
+    label_of = {k: i for i, k in enumerate(keys)}
+    base = seed * TRAIN_SEED_STRIDE
+    samples: list[HeadSample] = []
+    for i, key in enumerate(keys):
+        for j in range(portraits_per_character):
+            img = render_portrait(key, base + 1000 * i + j)
+            img, box = _shrink(img, (0.0, 0.0, float(img.width), float(img.height)), store_size)
+            samples.append(HeadSample(img, box, label_of[key], True))
+    for s in range(base + 50_000, base + 50_000 + n_scenes):
+        scene = render_scene(s)
+        for head in scene.heads:
+            if head.character not in label_of:
+                continue
+            b = head.box
+            context = crop_head(scene.image, b, 0.3)
+            ox, oy = max(0, int(b.x1 - b.width * 0.3)), max(0, int(b.y1 - b.height * 0.3))
+            img, box = _shrink(context, (b.x1 - ox, b.y1 - oy, b.x2 - ox, b.y2 - oy), store_size)
+            samples.append(HeadSample(img, box, label_of[head.character], False))
+    return samples
+
+
+def augment(sample: HeadSample, size: int, rng: random.Random) -> Image.Image:
+    """A random view of a head: crop with a random margin, square, rotate, flip, resize, brightness/contrast,
+    blur, down-up scaling, JPEG. Never a hue shift: hair and eye colours are the identity."""
+    img = sample.image
+    x1, y1, x2, y2 = sample.box
+    bw, bh = x2 - x1, y2 - y1
+    if sample.portrait:  # a random resized crop of the whole portrait
+        area = rng.uniform(0.55, 1.0)
+        aspect = math.exp(rng.uniform(math.log(0.85), math.log(1.18)))
+        cw, ch = min(bw, bw * math.sqrt(area * aspect)), min(bh, bh * math.sqrt(area / aspect))
+        cx, cy = x1 + rng.uniform(0, bw - cw), y1 + rng.uniform(0, bh - ch)
+        rect = (cx, cy, cx + cw, cy + ch)
+    else:  # the head box with a small random margin and shift (like a detector's box)
+        rect = (x1 - bw * rng.uniform(-0.05, 0.2), y1 - bh * rng.uniform(-0.05, 0.2),
+                x2 + bw * rng.uniform(-0.05, 0.2), y2 + bh * rng.uniform(-0.05, 0.2))
+        rect = (max(0.0, rect[0]), max(0.0, rect[1]), min(float(img.width), rect[2]), min(float(img.height), rect[3]))
+    img = pad_to_square(img.crop(tuple(int(round(v)) for v in rect)))
+    if rng.random() < 0.7:
+        img = img.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=edge_colour(img))
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    if rng.random() < 0.25:  # a small head in a big picture
+        low = rng.randint(max(8, size // 4), max(9, size // 2))
+        img = img.resize((low, low), Image.Resampling.BILINEAR)
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.75, 1.25))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.75, 1.25))
+    if rng.random() < 0.25:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.3:
+        buffer = BytesIO()
+        img.save(buffer, format="JPEG", quality=rng.randint(30, 90))
+        img = Image.open(BytesIO(buffer.getvalue())).convert("RGB")
+    return img
+
+
+# --- model ---------------------------------------------------------------------------------------------------
+
+
+def _build_model(backbone: str, dim: int):
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class EmbeddingNet(nn.Module):
+        """timm backbone -> linear projection -> L2 normalisation."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+            with torch.no_grad():  # num_features is not always the pooled width (e.g. a conv head after pooling)
+                width = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+            self.backbone.train()
+            self.proj = nn.Linear(width, dim)
+
+        def forward(self, x):
+            return F.normalize(self.proj(self.backbone(x)), dim=1)
+
+    return EmbeddingNet()
+
+
+def _cosface_head(n_classes: int, dim: int):
+    import torch
+    from torch import nn
+
+    weight = nn.Parameter(torch.empty(n_classes, dim))
+    nn.init.normal_(weight, std=0.01)
+    return weight
+
+
+def _export_onnx(model, path: Path, input_size: int) -> None:
+    import torch
+
+    model.eval()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    with torch.no_grad():
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["embedding"],
+                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+
+def _item(key: str, sha: str = "") -> GalleryItem:
+    spec = CAST_BY_KEY[key]
+    return GalleryItem(name=spec.name, series=spec.series, image_sha256=sha)
+
+
+def evaluate(embedder: Any, *, holdout: Sequence[str], refs_per_character: int = 5, n_scenes: int = 160
+             ) -> dict[str, Any]:
+    """Searches of fresh scene-head crops against a gallery of ``refs_per_character`` portraits per character.
+
+    Known queries (all characters) search the full gallery; "unknown" queries (the holdout characters) search
+    a gallery without the holdout characters. Threshold and calibration are fitted on the even scenes and
+    reported on the odd ones.
+    """
+    keys = [c.key for c in CAST]
+    refs = [(k, render_portrait(k, VAL_GALLERY_SEED + 100 * i + j)) for i, k in enumerate(keys)
+            for j in range(refs_per_character)]
+    ref_emb = embedder.embed([img for _, img in refs])
+    full = Gallery(ref_emb, [_item(k) for k, _ in refs], version="val")
+    known_rows = [i for i, (k, _) in enumerate(refs) if k not in holdout]
+    closed = Gallery(ref_emb[known_rows], [_item(refs[i][0]) for i in known_rows], version="val-known")
+
+    crops, truth, parity = [], [], []
+    for s in range(VAL_SCENE_SEED, VAL_SCENE_SEED + n_scenes):
+        scene = render_scene(s)
+        for head in scene.heads:
+            crops.append(crop_head(scene.image, head.box))
+            truth.append(head.character)
+            parity.append(s % 2)
+    started = time.perf_counter()
+    q = embedder.embed(crops)
+    per_crop_ms = 1000 * (time.perf_counter() - started) / max(1, len(crops))
+    truth_a, parity_a = np.array(truth), np.array(parity)
+    is_holdout = np.isin(truth_a, list(holdout))
+    names = np.array([CAST_BY_KEY[k].name for k in truth])
+
+    raw = Calibration(scale=1.0, shift=0.0)
+    on_full = full.identify(q, top_n=1, threshold=-2.0, calibration=raw)
+    on_closed = closed.identify(q[is_holdout], top_n=1, threshold=-2.0, calibration=raw)
+    known_sims = np.array([r.candidates[0].similarity for r in on_full])
+    known_correct = np.array([r.candidates[0].name for r in on_full]) == names
+    unknown_sims = np.array([r.candidates[0].similarity for r in on_closed])
+    unknown_parity = parity_a[is_holdout]
+
+    fit_k, fit_u = parity_a == 0, unknown_parity == 0
+    threshold, calibration = fit_threshold_and_calibration(known_sims[fit_k], known_correct[fit_k],
+                                                           unknown_sims[fit_u])
+    # report on the other half: "unknown" is the positive class
+    rep_k, rep_u = parity_a == 1, unknown_parity == 1
+    said_unknown_k = known_sims[rep_k] < threshold
+    said_unknown_u = unknown_sims[rep_u] < threshold
+    tp = int(said_unknown_u.sum())
+    predicted = tp + int(said_unknown_k.sum())
+    accepted_right = (~said_unknown_k) & known_correct[rep_k]
+    return {
+        "threshold": threshold,
+        "calibration": calibration,
+        "top1": float(known_correct[~is_holdout].mean()) if (~is_holdout).any() else 0.0,
+        "fewshot_top1_holdout": float(known_correct[is_holdout].mean()) if is_holdout.any() else 0.0,
+        "unknown_precision": tp / predicted if predicted else 1.0,
+        "unknown_recall": tp / int(rep_u.sum()) if rep_u.any() else 1.0,
+        "open_set_known_accuracy": float(accepted_right.mean()) if rep_k.any() else 0.0,
+        "known_sim_mean": float(known_sims[known_correct].mean()) if known_correct.any() else 0.0,
+        "unknown_sim_mean": float(unknown_sims.mean()) if len(unknown_sims) else 0.0,
+        "n_queries": len(crops),
+        "n_unknown_queries": int(is_holdout.sum()),
+        "embed_ms_per_crop": per_crop_ms,
+    }
+
+
+# --- the entry point -----------------------------------------------------------------------------------------
+
+
+def train_starter_embedder(
+    out_dir: str | Path,
+    *,
+    epochs: int = 6,
+    steps_per_epoch: int = 40,
+    batch_size: int = 48,
+    input_size: int = 96,
+    seed: int = 0,
+    holdout: tuple[str, ...] = DEFAULT_HOLDOUT,
+    backbone: str = "lcnet_050",
+    embedding_dim: int = 128,
+    lr: float = 3e-3,
+    n_scenes: int = 300,
+    portraits_per_character: int = 40,
+    val_scenes: int = 160,
+    cosface_scale: float = 16.0,
+    cosface_margin: float = 0.25,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Train, validate, calibrate and export the starter embedder into ``out_dir``; return its saved manifest."""
+    import torch
+    import torch.nn.functional as F
+
+    def report(message: str, fraction: float) -> None:
+        if progress is not None:
+            progress(message, fraction)
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unknown_keys = [k for k in holdout if k not in CAST_BY_KEY]
+    if unknown_keys:
+        raise ValueError(f"holdout keys not in the cast: {unknown_keys}")
+    train_keys = [c.key for c in CAST if c.key not in holdout]
+    _seed_everything(seed)
+    rng = random.Random(seed)
+
+    report("rendering training crops", 0.0)
+    samples = render_training_set(train_keys, seed=seed, n_scenes=n_scenes,
+                                  portraits_per_character=portraits_per_character,
+                                  store_size=max(64, int(input_size * 1.6)))
+    by_label: dict[int, list[HeadSample]] = {}
+    for sample in samples:
+        by_label.setdefault(sample.label, []).append(sample)
+    labels = sorted(by_label)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    model = _build_model(backbone, embedding_dim)
+    weight = _cosface_head(len(train_keys), embedding_dim)
+    params = [{"params": model.parameters(), "weight_decay": 5e-4}, {"params": [weight], "weight_decay": 0.0}]
+    optimiser = torch.optim.AdamW(params, lr=lr)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    data_s = time.perf_counter() - started
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            ys = [rng.choice(labels) for _ in range(batch_size)]
+            xs = [to_tensor(augment(rng.choice(by_label[y]), input_size, rng), input_size, mean, std) for y in ys]
+            x = torch.from_numpy(np.stack(xs))
+            y = torch.tensor(ys)
+            data_s += time.perf_counter() - t0
+            emb = model(x)
+            cos = emb @ F.normalize(weight, dim=1).T
+            logits = cosface_scale * (cos - cosface_margin * F.one_hot(y, len(train_keys)))
+            loss = F.cross_entropy(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+        report(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-steps_per_epoch:]):.3f}", 0.1 + 0.75 * step / total)
+    train_s = time.perf_counter() - started
+
+    report("exporting ONNX", 0.87)
+    onnx_path = out_dir / "model.onnx"
+    _export_onnx(model, onnx_path, input_size)
+    embedder = OnnxEmbedder(onnx_path, version="validation", input_size=input_size, mean=mean, std=std,
+                            threads=min(2, os.cpu_count() or 1))
+
+    report("validating", 0.9)
+    metrics = evaluate(embedder, holdout=holdout, n_scenes=val_scenes)
+    calibration: Calibration = metrics.pop("calibration")
+    threshold = float(metrics.pop("threshold"))
+    wall_s = time.perf_counter() - started
+    extra: dict[str, Any] = {
+        "calibration": calibration.to_dict(),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
+        "holdout": list(holdout),
+        "mean": list(mean),
+        "std": list(std),
+        "backbone": backbone,
+        "embedding_dim": embedding_dim,
+        "train_steps": total,
+        "batch_size": batch_size,
+        "final_loss": round(float(np.mean(losses[-max(1, steps_per_epoch):])), 4) if losses else None,
+        "n_train_crops": len(samples),
+        "train_seconds": round(train_s, 1),
+        "data_seconds": round(data_s, 1),
+        "wall_seconds": round(wall_s, 1),
+    }
+    manifest = Manifest(
+        slot="embedder",
+        name=STARTER_NAME,
+        format=FORMAT,
+        files={"onnx": onnx_path.name},
+        sha256={onnx_path.name: file_sha256(onnx_path)},
+        thresholds={"identify": round(threshold, 6)},
+        input_size=input_size,
+        provenance=(f"timm {backbone} (pretrained=False) + {embedding_dim}-d projection, CosFace "
+                    f"(s={cosface_scale}, m={cosface_margin}) over {len(train_keys)} synthetic characters "
+                    f"(core.synth, holdout {list(holdout)}), {total} AdamW steps x {batch_size}, seed {seed}"),
+        extra=extra,
+        folder=out_dir,
+    )
+    manifest.save()
+    report("done", 1.0)
+    return manifest
