@@ -55,8 +55,8 @@ class Calibration:
 class Identification:
     """The answer for one head.
 
-    ``name`` is a character name or UNKNOWN; ``confidence`` is the confidence in that answer: the top candidate's
-    calibrated confidence, or for UNKNOWN one minus it (1.0 when there is no candidate at all).
+    ``name`` is a character name or UNKNOWN; ``confidence`` is the confidence in that answer: the top
+    candidate's calibrated confidence, or for UNKNOWN one minus it (1.0 when there is no candidate at all).
     """
 
     name: str
@@ -110,8 +110,8 @@ class Gallery:
             if k >= ntotal:
                 return sims, idx
             # every query must show top_n distinct characters (or the whole gallery); widen k when not
-            enough = all(len({self._keys[j] for j in row if j >= 0}) >= min(top_n, self.n_characters) for row in idx)
-            if enough:
+            wanted = min(top_n, self.n_characters)
+            if all(len({self._keys[j] for j in row if j >= 0}) >= wanted for row in idx):
                 return sims, idx
             k = min(ntotal, k * 2)
 
@@ -167,8 +167,8 @@ def fit_threshold_and_calibration(
 ) -> tuple[float, Calibration]:
     """The identification threshold and the confidence calibration, from validation searches.
 
-    ``known_sims``: best similarity of queries whose character is in the gallery, ``known_correct`` whether their
-    top-1 was right; ``unknown_sims``: best similarity of queries whose character is not in the gallery.
+    ``known_sims``: best similarity of queries whose character is in the gallery, ``known_correct`` whether
+    their top-1 was right; ``unknown_sims``: best similarity of queries whose character is not in the gallery.
     A query should be *accepted* when its top-1 is right and rejected (UNKNOWN) otherwise, so the threshold
     maximises the balanced accuracy of that decision (midpoint of the best plateau of thresholds). The
     calibration is a logistic regression of "top-1 is right" on the best similarity (Newton steps, Platt's
@@ -185,16 +185,13 @@ def fit_threshold_and_calibration(
         return 0.5, Calibration()
     pos, neg = sims[accept], sims[~accept]
 
-    # --- threshold: maximise balanced accuracy of accept (sim >= t) vs reject -----------------------------------
-    # a threshold in (v[i-1], v[i]] makes the same decisions as grid[i]; grid[0] is below all, grid[-1] above all
+    # --- threshold: maximise balanced accuracy of accept (sim >= t) vs reject -------------------------------
+    # a threshold in (v[i-1], v[i]] decides like grid[i]; grid[0] is below all values, grid[-1] above all
     values = np.unique(sims)
     grid = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
     tpr = (pos[None, :] >= grid[:, None]).mean(axis=1) if len(pos) else np.zeros(len(grid))
     tnr = (neg[None, :] < grid[:, None]).mean(axis=1) if len(neg) else np.zeros(len(grid))
-    if len(pos) and len(neg):
-        score = (tpr + tnr) / 2
-    else:
-        score = tpr if len(pos) else tnr
+    score = (tpr + tnr) / 2 if len(pos) and len(neg) else tpr if len(pos) else tnr
     best = np.flatnonzero(score >= score.max() - 1e-12)
     # the widest margin: the middle of the widest run of equally good thresholds
     runs = np.split(best, np.flatnonzero(np.diff(best) != 1) + 1)
@@ -208,7 +205,7 @@ def fit_threshold_and_calibration(
     lo, hi = max((bounds(r) for r in runs), key=lambda lh: lh[1] - lh[0])
     threshold = (lo + hi) / 2
 
-    # --- calibration: logistic regression p = sigmoid(w * s + b) -----------------------------------------------
+    # --- calibration: logistic regression p = sigmoid(w * s + b) --------------------------------------------
     # Platt's targets keep a separable validation set from pushing the scale to infinity
     n_pos, n_neg = int(accept.sum()), int((~accept).sum())
     y = np.where(accept, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))

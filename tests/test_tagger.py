@@ -129,18 +129,32 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory, wd14_csv: Path) -> tuple[
     tags = read_selected_tags(wd14_csv)
     names = [t.name for t in tags]
     logits = np.full(len(tags), -8.0, np.float32)
-    for name, p in {"smile": 0.9, "1girl": 0.6, "long_hair": 0.36, "solo": 0.34, "sensitive": 0.7, "general": 0.2}.items():
+    for name, p in {
+        "smile": 0.9,
+        "1girl": 0.6,
+        "long_hair": 0.36,
+        "solo": 0.34,
+        "sensitive": 0.7,
+        "general": 0.2,
+    }.items():
         logits[names.index(name)] = logit(p)
     return export_stand_in(tmp_path_factory.mktemp("wd14") / "model.onnx", logits), tags
 
 
-def test_stand_in_wd14_model_tags_with_thresholds(stand_in: tuple[Path, list[TagDef]], wd14_csv: Path) -> None:
+def test_stand_in_wd14_model_tags_with_thresholds(
+    stand_in: tuple[Path, list[TagDef]], wd14_csv: Path
+) -> None:
     onnx_path, tags = stand_in
-    tagger = Wd14Tagger(onnx_path, wd14_csv, version="stand-in", thresholds={"general": 0.35, "character": 0.85})
+    tagger = Wd14Tagger(
+        onnx_path, wd14_csv, version="stand-in", thresholds={"general": 0.35, "character": 0.85}
+    )
     assert tagger.input_size == 448  # read from the ONNX input shape
     out = tagger.tag(Image.new("RGB", (640, 360), (10, 200, 30)))
     assert [(t.name, t.category) for t in out] == [
-        ("smile", "general"), ("sensitive", "rating"), ("1girl", "general"), ("long_hair", "general"),
+        ("smile", "general"),
+        ("sensitive", "rating"),
+        ("1girl", "general"),
+        ("long_hair", "general"),
     ]
     assert out[0].score == pytest.approx(0.9, abs=1e-3)
     assert sum(t.category == "rating" for t in out) == 1
@@ -152,7 +166,9 @@ def test_stand_in_wd14_model_tags_with_thresholds(stand_in: tuple[Path, list[Tag
     assert len(probs) == len(tags) and probs["solo"] == pytest.approx(0.34, abs=1e-3)
 
 
-def test_from_manifest_with_crlf_vocabulary(stand_in: tuple[Path, list[TagDef]], wd14_csv: Path, tmp_path: Path) -> None:
+def test_from_manifest_with_crlf_vocabulary(
+    stand_in: tuple[Path, list[TagDef]], wd14_csv: Path, tmp_path: Path
+) -> None:
     onnx_path, _ = stand_in
     (tmp_path / "model.onnx").write_bytes(onnx_path.read_bytes())
     (tmp_path / "selected_tags.csv").write_bytes(wd14_csv.read_bytes())
@@ -173,7 +189,8 @@ def test_from_manifest_with_crlf_vocabulary(stand_in: tuple[Path, list[TagDef]],
 def test_tag_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     onnx_path = export_stand_in(tmp_path / "model.onnx", np.zeros(5, np.float32), size=32)
     tags_csv = write_selected_tags(
-        tmp_path / "selected_tags.csv", [TagDef(i, f"tag{i}", 0, 1) for i in range(4)] + [TagDef(9, "general", 9, 1)]
+        tmp_path / "selected_tags.csv",
+        [TagDef(i, f"tag{i}", 0, 1) for i in range(4)] + [TagDef(9, "general", 9, 1)],
     )
     assert len(Wd14Tagger(onnx_path, tags_csv, version="ok").tag(Image.new("RGB", (10, 10)))) == 5
     short = write_selected_tags(tmp_path / "short.csv", [TagDef(i, f"tag{i}", 0, 1) for i in range(3)])
@@ -184,7 +201,8 @@ def test_tag_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
 def test_no_rating_vocabulary_gives_no_rating(tmp_path: Path) -> None:
     onnx_path = export_stand_in(tmp_path / "model.onnx", np.array([3.0, -3.0, 3.0], np.float32), size=16)
     tags_csv = write_selected_tags(
-        tmp_path / "selected_tags.csv", [TagDef(1, "smile", 0, 1), TagDef(2, "hat", 0, 1), TagDef(3, "aoi", 4, 1)]
+        tmp_path / "selected_tags.csv",
+        [TagDef(1, "smile", 0, 1), TagDef(2, "hat", 0, 1), TagDef(3, "aoi", 4, 1)],
     )
     out = Wd14Tagger(onnx_path, tags_csv, version="x").tag(Image.new("RGB", (16, 16)))
     assert [(t.name, t.category) for t in out] == [("smile", "general"), ("aoi", "character")]
@@ -199,7 +217,12 @@ def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
 
     stages: list[tuple[str, float]] = []
     manifest = train_starter_tagger(
-        tmp_path / "tagger", n_train=8, epochs=1, input_size=64, n_val=8, progress=lambda s, f: stages.append((s, f))
+        tmp_path / "tagger",
+        n_train=8,
+        epochs=1,
+        input_size=64,
+        n_val=8,
+        progress=lambda s, f: stages.append((s, f)),
     )
     assert any(s.startswith("epoch 1/1") for s, _ in stages) and stages[-1][1] == 1.0
     loaded = Manifest.load(tmp_path / "tagger")
@@ -212,7 +235,12 @@ def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
     assert set(loaded.extra["per_tag_f1"]) == set(synth_vocabulary())
 
     tags = read_selected_tags(loaded.path("tags"))
-    assert [t.name for t in tags if t.category == CATEGORY_RATING] == ["general", "sensitive", "questionable", "explicit"]
+    assert [t.name for t in tags if t.category == CATEGORY_RATING] == [
+        "general",
+        "sensitive",
+        "questionable",
+        "explicit",
+    ]
     assert {t.name for t in tags if t.category == 0} == set(synth_vocabulary())
 
     tagger = Wd14Tagger.from_manifest(loaded, SETTINGS)
@@ -230,4 +258,13 @@ def test_vocabulary_covers_every_synthetic_tag() -> None:
     vocab = set(synth_vocabulary())
     seen = {tag for seed in range(40) for tag in render_scene(seed).tags}
     assert seen <= vocab
-    assert {"1girl", "solo", "3girls", "multiple_girls", "bob_cut", "silver_hair", "aqua_eyes", "smile"} <= vocab
+    assert {
+        "1girl",
+        "solo",
+        "3girls",
+        "multiple_girls",
+        "bob_cut",
+        "silver_hair",
+        "aqua_eyes",
+        "smile",
+    } <= vocab

@@ -2,9 +2,9 @@
 
 Formats:
 
-* ``onnx-embedder`` (:class:`OnnxEmbedder`): ``files = {"onnx": "model.onnx"}``; the graph takes NCHW float input,
-  already normalised with ``extra["mean"]``/``extra["std"]`` (ImageNet by default), and returns (n, dim)
-  embeddings. The input size is read from the graph when static, else from ``manifest.input_size``.
+* ``onnx-embedder`` (:class:`OnnxEmbedder`): ``files = {"onnx": "model.onnx"}``; the graph takes NCHW float
+  input, already normalised with ``extra["mean"]``/``extra["std"]`` (ImageNet by default), and returns
+  (n, dim) embeddings. The input size is read from the graph when static, else from ``manifest.input_size``.
 * ``timm-embedder`` (:class:`TimmEmbedder`): ``files = {"weights": "model.safetensors" | "*.pth"}`` and
   ``extra["timm_model"]``: a timm model built with ``num_classes=0`` whose pooled features are the embedding
   (eager torch; torch and timm are imported only when such a model is loaded).
@@ -37,11 +37,11 @@ def edge_colour(image: Image.Image) -> tuple[int, int, int]:
     """Mean colour of the one-pixel border of an RGB image."""
     a = np.asarray(image.convert("RGB"))
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)
-    return tuple(int(round(v)) for v in border.mean(axis=0))  # type: ignore[return-value]
+    return tuple(round(float(v)) for v in border.mean(axis=0))  # type: ignore[return-value]
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int] | None = None) -> Image.Image:
-    """Centre ``image`` on a square canvas of its longer side, filled with ``fill`` (default: its edge colour)."""
+    """Centre ``image`` on a square canvas of its longer side, filled with ``fill`` (default: edge colour)."""
     image = image.convert("RGB")
     w, h = image.size
     if w == h:
@@ -63,7 +63,7 @@ def to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequenc
 
 def preprocess(crops: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float],
                *, with_mirror: bool = True) -> np.ndarray:
-    """(n or 2n, 3, size, size) float32: each crop padded to square, then (when ``with_mirror``) the mirrors."""
+    """(n or 2n, 3, size, size) float32: the crops padded to square, then (``with_mirror``) their mirrors."""
     squares = [pad_to_square(c) for c in crops]
     arrays = [to_tensor(s, size, mean, std) for s in squares]
     if with_mirror:
@@ -116,7 +116,7 @@ class OnnxEmbedder:
         if threads > 0:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        chosen = [p for p in (providers or []) if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=chosen)
         self.version = version
         self.mean = tuple(float(v) for v in mean)
@@ -222,7 +222,8 @@ class TimmEmbedder:
         self.std = tuple(float(v) for v in std)
         self.batch_size = max(1, int(batch_size))
         with torch.inference_mode():
-            self.dim = int(self.model(torch.zeros(1, 3, self.input_size, self.input_size, device=device)).shape[1])
+            probe = torch.zeros(1, 3, self.input_size, self.input_size, device=device)
+            self.dim = int(self.model(probe).shape[1])
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, settings: Settings | None = None) -> TimmEmbedder:
@@ -247,8 +248,8 @@ class TimmEmbedder:
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 part = crops[start:start + self.batch_size]
-                batch = torch.from_numpy(preprocess(part, self.input_size, self.mean, self.std)).to(self.device)
-                raw = self.model(batch).float().cpu().numpy()
+                batch = preprocess(part, self.input_size, self.mean, self.std)
+                raw = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
                 result.append(_flip_average(raw, len(part)))
         return np.concatenate(result)
 

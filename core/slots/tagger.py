@@ -51,7 +51,9 @@ def read_selected_tags(path: Path) -> list[TagDef]:
     tags: list[TagDef] = []
     for line, row in enumerate(reader, start=2):
         try:
-            tags.append(TagDef(int(row["tag_id"]), row["name"].strip(), int(row["category"]), int(row["count"] or 0)))
+            tags.append(
+                TagDef(int(row["tag_id"]), row["name"].strip(), int(row["category"]), int(row["count"] or 0))
+            )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path}:{line}: malformed row {row!r}: {exc}") from None
     if not tags:
@@ -131,7 +133,9 @@ class Wd14Tagger:
         if len(shape) != 4 or shape[3] != 3:
             raise ValueError(f"{onnx_path}: expected an NHWC input (batch, H, W, 3), got shape {shape}")
         h, w = shape[1], shape[2]
-        self.input_size = int(h) if isinstance(h, int) else (int(w) if isinstance(w, int) else DEFAULT_INPUT_SIZE)
+        self.input_size = (
+            int(h) if isinstance(h, int) else (int(w) if isinstance(w, int) else DEFAULT_INPUT_SIZE)
+        )
         width = self.session.get_outputs()[0].shape[-1]
         if not isinstance(width, int):  # symbolic: ask the model
             width = self._run(np.full((1, self.input_size, self.input_size, 3), 255, np.float32)).shape[-1]

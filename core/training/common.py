@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,28 @@ def choose_device(preference: str = "auto") -> torch.device:
     if preference in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def training_threads() -> int:
+    """All cores when the machine is otherwise idle; one when other jobs keep it busy (there, several
+    spinning torch threads per process run several times slower than one)."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] > 0.5 * cores
+    except OSError:
+        busy = False
+    return 1 if busy else cores
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def export_onnx(

@@ -1,4 +1,4 @@
-"""The starter embedder: a small timm backbone trained from scratch on synthetic head crops, offline, in minutes.
+"""The starter embedder: a small timm backbone trained from scratch on synthetic head crops, offline.
 
 Measured (2 CPU cores, shared with other training jobs; defaults): TODO
 """
@@ -6,7 +6,6 @@ Measured (2 CPU cores, shared with other training jobs; defaults): TODO
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +20,30 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from core.gallery import Calibration, Gallery, GalleryItem, fit_threshold_and_calibration
 from core.results import Box
 from core.slots.base import Manifest, file_sha256
-from core.slots.embedder import IMAGENET_MEAN, IMAGENET_STD, OnnxEmbedder, edge_colour, pad_to_square, to_tensor
-from core.synth import CAST, CAST_BY_KEY, render_portrait, render_scene
+from core.slots.embedder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OnnxEmbedder,
+    edge_colour,
+    pad_to_square,
+    to_tensor,
+)
+from core.synth import (
+    ACCESSORIES,
+    BACKGROUNDS,
+    CAST,
+    CAST_BY_KEY,
+    EXPRESSIONS,
+    EYE_COLOURS,
+    HAIR_COLOURS,
+    HAIR_STYLES,
+    CharacterSpec,
+    _background,
+    _draw_character,
+    render_portrait,
+    render_scene,
+)
+from core.training.common import export_onnx, seed_everything, torch_threads, training_threads
 
 STARTER_NAME = "anibot-starter-embedder"
 FORMAT = "onnx-embedder"
@@ -46,15 +67,15 @@ class HeadSample:
     portrait: bool
 
 
-# --- data ----------------------------------------------------------------------------------------------------
+# --- data ---------------------------------------------------------------------------------------------------
 
 
 def crop_head(image: Image.Image, box: Box, margin: float = QUERY_MARGIN) -> Image.Image:
     """The head box grown by ``margin`` of its size on every side, clipped to the image."""
     mw, mh = box.width * margin, box.height * margin
     w, h = image.size
-    rect = (max(0, int(box.x1 - mw)), max(0, int(box.y1 - mh)), min(w, int(math.ceil(box.x2 + mw))),
-            min(h, int(math.ceil(box.y2 + mh))))
+    rect = (max(0, int(box.x1 - mw)), max(0, int(box.y1 - mh)), min(w, math.ceil(box.x2 + mw)),
+            min(h, math.ceil(box.y2 + mh)))
     return image.crop(rect)
 
 
@@ -91,6 +112,54 @@ def render_training_set(keys: Sequence[str], *, seed: int, n_scenes: int, portra
     return samples
 
 
+def _look(spec: CharacterSpec) -> tuple[str, str, str, frozenset[str]]:
+    return spec.hair_colour, spec.hair_style, spec.eye_colour, frozenset(spec.accessories)
+
+
+def random_identities(n: int, *, seed: int) -> list[CharacterSpec]:
+    """``n`` procedurally generated characters, none looking exactly like a CAST member (training or holdout):
+    extra identities that teach the embedder what makes characters differ."""
+    rng = random.Random(seed * 7919 + 17)
+    taken = {_look(c) for c in CAST}
+    specs: list[CharacterSpec] = []
+    while len(specs) < n:
+        n_acc = rng.choices((0, 1, 2), weights=(3, 5, 2))[0]
+        key = f"extra{len(specs)}"
+        spec = CharacterSpec(key, key, "extra", rng.choice(list(HAIR_COLOURS)), rng.choice(HAIR_STYLES),
+                             rng.choice(list(EYE_COLOURS)), tuple(rng.sample(ACCESSORIES, n_acc)))
+        if _look(spec) not in taken:
+            taken.add(_look(spec))
+            specs.append(spec)
+    return specs
+
+
+def render_identity(spec: CharacterSpec, label: int, *, seed: int, n_portraits: int, n_heads: int,
+                    store_size: int) -> list[HeadSample]:
+    """Portraits (like :func:`core.synth.render_portrait`) and single heads at scene scales of any spec."""
+    samples = []
+    for j in range(n_portraits + n_heads):
+        rng = random.Random(seed * 1_000_003 + j)
+        if j < n_portraits:
+            size = 160
+            img = _background((size, size), rng.choice(BACKGROUNDS), rng)
+            r = int(size * rng.uniform(0.28, 0.34))
+            _draw_character(img, spec, size // 2 + rng.randint(-4, 4), int(size * 0.55), r,
+                            rng.choice(EXPRESSIONS), rng.random() < 0.5, rng)
+            box = (0.0, 0.0, float(size), float(size))
+        else:
+            r = rng.randint(14, 70)
+            w, h = int(r * rng.uniform(3.0, 4.0)), int(r * rng.uniform(3.4, 4.2))
+            img = _background((w, h), rng.choice(BACKGROUNDS), rng)
+            b = _draw_character(img, spec, w // 2 + rng.randint(-r // 3, r // 3), int(1.9 * r), r,
+                                rng.choice(EXPRESSIONS), rng.random() < 0.5, rng)
+            if rng.random() < 0.3:
+                img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+            box = (max(0.0, b.x1), max(0.0, b.y1), min(float(w), b.x2), min(float(h), b.y2))
+        img, box = _shrink(img, box, store_size)
+        samples.append(HeadSample(img, box, label, j < n_portraits))
+    return samples
+
+
 def augment(sample: HeadSample, size: int, rng: random.Random) -> Image.Image:
     """A random view of a head: crop with a random margin, square, rotate, flip, resize, brightness/contrast,
     blur, down-up scaling, JPEG. Never a hue shift: hair and eye colours are the identity."""
@@ -106,8 +175,9 @@ def augment(sample: HeadSample, size: int, rng: random.Random) -> Image.Image:
     else:  # the head box with a small random margin and shift (like a detector's box)
         rect = (x1 - bw * rng.uniform(-0.05, 0.2), y1 - bh * rng.uniform(-0.05, 0.2),
                 x2 + bw * rng.uniform(-0.05, 0.2), y2 + bh * rng.uniform(-0.05, 0.2))
-        rect = (max(0.0, rect[0]), max(0.0, rect[1]), min(float(img.width), rect[2]), min(float(img.height), rect[3]))
-    img = pad_to_square(img.crop(tuple(int(round(v)) for v in rect)))
+        rect = (max(0.0, rect[0]), max(0.0, rect[1]), min(float(img.width), rect[2]),
+                min(float(img.height), rect[3]))
+    img = pad_to_square(img.crop(tuple(round(v) for v in rect)))
     if rng.random() < 0.7:
         img = img.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=edge_colour(img))
     if rng.random() < 0.5:
@@ -127,7 +197,7 @@ def augment(sample: HeadSample, size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-# --- model ---------------------------------------------------------------------------------------------------
+# --- model --------------------------------------------------------------------------------------------------
 
 
 def _build_model(backbone: str, dim: int):
@@ -137,18 +207,23 @@ def _build_model(backbone: str, dim: int):
     from torch import nn
 
     class EmbeddingNet(nn.Module):
-        """timm backbone -> linear projection -> L2 normalisation."""
+        """timm backbone -> linear projection -> batch norm -> L2 normalisation.
+
+        The batch norm removes the component every pooled feature vector shares, so embeddings of a network
+        trained from scratch start spread over the sphere instead of collapsed near one point.
+        """
 
         def __init__(self) -> None:
             super().__init__()
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-            with torch.no_grad():  # num_features is not always the pooled width (e.g. a conv head after pooling)
+            with torch.no_grad():  # num_features is not always the pooled width (a conv head after pooling)
                 width = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
             self.backbone.train()
-            self.proj = nn.Linear(width, dim)
+            self.proj = nn.Linear(width, dim, bias=False)
+            self.neck = nn.BatchNorm1d(dim)
 
         def forward(self, x):
-            return F.normalize(self.proj(self.backbone(x)), dim=1)
+            return F.normalize(self.neck(self.proj(self.backbone(x))), dim=1)
 
     return EmbeddingNet()
 
@@ -162,26 +237,7 @@ def _cosface_head(n_classes: int, dim: int):
     return weight
 
 
-def _export_onnx(model, path: Path, input_size: int) -> None:
-    import torch
-
-    model.eval()
-    dummy = torch.zeros(1, 3, input_size, input_size)
-    with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["embedding"],
-                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-# --- validation ----------------------------------------------------------------------------------------------
+# --- validation ---------------------------------------------------------------------------------------------
 
 
 def _item(key: str, sha: str = "") -> GalleryItem:
@@ -253,7 +309,23 @@ def evaluate(embedder: Any, *, holdout: Sequence[str], refs_per_character: int =
     }
 
 
-# --- the entry point -----------------------------------------------------------------------------------------
+# --- the entry point ----------------------------------------------------------------------------------------
+
+
+def _supcon(emb, labels, temperature: float):
+    """Supervised contrastive loss (Khosla et al. 2020) of L2-normalised embeddings."""
+    import torch
+
+    sims = emb @ emb.T / temperature
+    n = emb.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    sims = sims.masked_fill(self_mask, -1e9)
+    log_prob = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    count = positives.sum(1)
+    keep = count > 0
+    per_anchor = -(log_prob * positives).sum(1)[keep] / count[keep]
+    return per_anchor.mean()
 
 
 def train_starter_embedder(
@@ -262,6 +334,7 @@ def train_starter_embedder(
     epochs: int = 6,
     steps_per_epoch: int = 40,
     batch_size: int = 48,
+    views: int = 3,
     input_size: int = 96,
     seed: int = 0,
     holdout: tuple[str, ...] = DEFAULT_HOLDOUT,
@@ -270,12 +343,23 @@ def train_starter_embedder(
     lr: float = 3e-3,
     n_scenes: int = 300,
     portraits_per_character: int = 40,
-    val_scenes: int = 160,
+    extra_identities: int = 200,
+    extra_renders: int = 12,
+    cast_share: float = 0.5,
+    loss: str = "both",
     cosface_scale: float = 16.0,
     cosface_margin: float = 0.25,
+    supcon_temperature: float = 0.1,
+    val_scenes: int = 160,
+    threads: int | None = None,
     progress: Progress | None = None,
 ) -> Manifest:
-    """Train, validate, calibrate and export the starter embedder into ``out_dir``; return its saved manifest."""
+    """Train, validate, calibrate and export the starter embedder into ``out_dir``; return its saved manifest.
+
+    Batches hold ``batch_size // views`` identities with ``views`` augmented views each; about ``cast_share``
+    of the identities are CAST training characters and the rest procedurally generated extra identities (none
+    looking like a CAST member), so the embedding learns what makes characters differ rather than ten classes.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -283,64 +367,91 @@ def train_starter_embedder(
         if progress is not None:
             progress(message, fraction)
 
+    if loss not in ("cosface", "supcon", "both"):
+        raise ValueError(f"loss must be cosface, supcon or both, not {loss!r}")
     started = time.perf_counter()
+    cpu_started = time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     unknown_keys = [k for k in holdout if k not in CAST_BY_KEY]
     if unknown_keys:
         raise ValueError(f"holdout keys not in the cast: {unknown_keys}")
     train_keys = [c.key for c in CAST if c.key not in holdout]
-    _seed_everything(seed)
+    seed_everything(seed)
+    torch.set_flush_denormal(True)
+    n_threads = threads or training_threads()  # one thread while other jobs keep the cores busy
     rng = random.Random(seed)
 
     report("rendering training crops", 0.0)
+    store_size = max(64, int(input_size * 1.6))
     samples = render_training_set(train_keys, seed=seed, n_scenes=n_scenes,
-                                  portraits_per_character=portraits_per_character,
-                                  store_size=max(64, int(input_size * 1.6)))
+                                  portraits_per_character=portraits_per_character, store_size=store_size)
+    extras = random_identities(extra_identities, seed=seed)
+    for i, spec in enumerate(extras):
+        samples += render_identity(spec, len(train_keys) + i, seed=seed * TRAIN_SEED_STRIDE + i,
+                                   n_portraits=extra_renders // 2, n_heads=extra_renders - extra_renders // 2,
+                                   store_size=store_size)
+    n_classes = len(train_keys) + len(extras)
     by_label: dict[int, list[HeadSample]] = {}
     for sample in samples:
         by_label.setdefault(sample.label, []).append(sample)
-    labels = sorted(by_label)
+    cast_labels = list(range(len(train_keys)))
+    extra_labels = list(range(len(train_keys), n_classes))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    views = max(2, views)
+    per_batch = max(2, batch_size // views)
 
     model = _build_model(backbone, embedding_dim)
-    weight = _cosface_head(len(train_keys), embedding_dim)
+    weight = _cosface_head(n_classes, embedding_dim)
     params = [{"params": model.parameters(), "weight_decay": 5e-4}, {"params": [weight], "weight_decay": 0.0}]
     optimiser = torch.optim.AdamW(params, lr=lr)
     total = max(1, epochs * steps_per_epoch)
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        optimiser,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     data_s = time.perf_counter() - started
     losses: list[float] = []
     step = 0
     model.train()
-    for epoch in range(epochs):
-        for _ in range(steps_per_epoch):
-            t0 = time.perf_counter()
-            ys = [rng.choice(labels) for _ in range(batch_size)]
-            xs = [to_tensor(augment(rng.choice(by_label[y]), input_size, rng), input_size, mean, std) for y in ys]
-            x = torch.from_numpy(np.stack(xs))
-            y = torch.tensor(ys)
-            data_s += time.perf_counter() - t0
-            emb = model(x)
-            cos = emb @ F.normalize(weight, dim=1).T
-            logits = cosface_scale * (cos - cosface_margin * F.one_hot(y, len(train_keys)))
-            loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            losses.append(loss.item())
-        report(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses[-steps_per_epoch:]):.3f}", 0.1 + 0.75 * step / total)
+    with torch_threads(n_threads):
+        for epoch in range(epochs):
+            for _ in range(steps_per_epoch):
+                t0 = time.perf_counter()
+                n_cast = min(len(cast_labels), round(per_batch * cast_share)) if extra_labels else per_batch
+                chosen = rng.sample(cast_labels, min(n_cast, len(cast_labels)))
+                chosen += rng.sample(extra_labels, min(per_batch - len(chosen), len(extra_labels)))
+                ys = [y for y in chosen for _ in range(views)]
+                views_ = [augment(rng.choice(by_label[y]), input_size, rng) for y in ys]
+                xs = [to_tensor(v, input_size, mean, std) for v in views_]
+                x = torch.from_numpy(np.stack(xs))
+                y = torch.tensor(ys)
+                data_s += time.perf_counter() - t0
+                emb = model(x)
+                value = emb.new_zeros(())
+                if loss in ("cosface", "both"):
+                    cos = emb @ F.normalize(weight, dim=1).T
+                    logits = cosface_scale * (cos - cosface_margin * F.one_hot(y, n_classes))
+                    value = value + F.cross_entropy(logits, y)
+                if loss in ("supcon", "both"):
+                    value = value + _supcon(emb, y, supcon_temperature)
+                optimiser.zero_grad(set_to_none=True)
+                value.backward()
+                optimiser.step()
+                schedule.step()
+                step += 1
+                losses.append(value.item())
+            epoch_loss = np.mean(losses[-steps_per_epoch:])
+            report(f"epoch {epoch + 1}/{epochs}: loss {epoch_loss:.3f}", 0.1 + 0.75 * step / total)
     train_s = time.perf_counter() - started
+    train_cpu_s = time.process_time() - cpu_started
 
     report("exporting ONNX", 0.87)
     onnx_path = out_dir / "model.onnx"
-    _export_onnx(model, onnx_path, input_size)
+    export_onnx(model, torch.zeros(1, 3, input_size, input_size), onnx_path, output_names=("embedding",),
+                dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
     embedder = OnnxEmbedder(onnx_path, version="validation", input_size=input_size, mean=mean, std=std,
-                            threads=min(2, os.cpu_count() or 1))
+                            threads=n_threads)
 
     report("validating", 0.9)
     metrics = evaluate(embedder, holdout=holdout, n_scenes=val_scenes)
@@ -359,6 +470,10 @@ def train_starter_embedder(
         "batch_size": batch_size,
         "final_loss": round(float(np.mean(losses[-max(1, steps_per_epoch):])), 4) if losses else None,
         "n_train_crops": len(samples),
+        "extra_identities": len(extras),
+        "loss": loss,
+        "train_cpu_seconds": round(train_cpu_s, 1),
+        "threads": n_threads,
         "train_seconds": round(train_s, 1),
         "data_seconds": round(data_s, 1),
         "wall_seconds": round(wall_s, 1),
@@ -371,9 +486,10 @@ def train_starter_embedder(
         sha256={onnx_path.name: file_sha256(onnx_path)},
         thresholds={"identify": round(threshold, 6)},
         input_size=input_size,
-        provenance=(f"timm {backbone} (pretrained=False) + {embedding_dim}-d projection, CosFace "
-                    f"(s={cosface_scale}, m={cosface_margin}) over {len(train_keys)} synthetic characters "
-                    f"(core.synth, holdout {list(holdout)}), {total} AdamW steps x {batch_size}, seed {seed}"),
+        provenance=(f"timm {backbone} (pretrained=False) + {embedding_dim}-d projection trained from scratch "
+                    f"({loss} loss) on core.synth renders of {len(train_keys)} CAST characters (holdout "
+                    f"{list(holdout)}) and {len(extras)} generated identities; {total} AdamW steps x "
+                    f"{len(ys) if losses else batch_size} crops at {input_size}px, seed {seed}"),
         extra=extra,
         folder=out_dir,
     )

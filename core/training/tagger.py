@@ -17,7 +17,14 @@ from PIL import Image
 
 from core.results import Box
 from core.slots.base import Manifest, file_sha256
-from core.slots.tagger import CATEGORY_GENERAL, CATEGORY_RATING, TagDef, Wd14Tagger, wd14_preprocess, write_selected_tags
+from core.slots.tagger import (
+    CATEGORY_GENERAL,
+    CATEGORY_RATING,
+    TagDef,
+    Wd14Tagger,
+    wd14_preprocess,
+    write_selected_tags,
+)
 from core.synth import (
     ACCESSORIES,
     CAST,
@@ -53,7 +60,9 @@ def synth_vocabulary(max_characters: int = MAX_CHARACTERS) -> list[str]:
     box = Box(0, 0, 1, 1)
     for expression in EXPRESSIONS:
         for n in range(1, max_characters + 1):
-            tags.update(scene_tags([SceneHead(box, CAST[i % len(CAST)].key, expression, False) for i in range(n)]))
+            tags.update(
+                scene_tags([SceneHead(box, CAST[i % len(CAST)].key, expression, False) for i in range(n)])
+            )
     return sorted(tags)
 
 
@@ -108,7 +117,7 @@ def _augment(batch: Any, gen: Any) -> Any:
     """uint8 RGB NCHW -> augmented float 0-1: flip, zoom/shift on white, small light/contrast/saturation
     changes (hair colour names survive them), blur and JPEG."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     n = batch.shape[0]
 
@@ -123,12 +132,18 @@ def _augment(batch: Any, gen: Any) -> Any:
     flip = torch.rand(n, generator=gen) < 0.5
     x[flip] = x[flip].flip(-1)
     # zoom out (smaller heads, like bigger pictures) or slightly in, and shift; white fill like the padding
-    scale = torch.where(torch.rand(n, generator=gen) < 0.7, uniform(0.75, 1.08), torch.ones(n))
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
-    theta[:, :, 2] = uniform(-0.08, 0.08, (n, 2)) * (scale < 1).float()[:, None]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x - 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1.0
+    zoom = torch.rand(n, generator=gen) < 0.6
+    if zoom.any():
+        m = int(zoom.sum())
+        scale = uniform(0.75, 1.08, (m,))
+        theta = torch.zeros(m, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+        theta[:, :, 2] = uniform(-0.08, 0.08, (m, 2)) * (scale < 1).float()[:, None]
+        grid = F.affine_grid(theta, [m, *x.shape[1:]], align_corners=False)
+        x[zoom] = (
+            F.grid_sample(x[zoom] - 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            + 1.0
+        )
     # photometric: brightness, contrast, saturation within +-8 %
     grey = x.mean(1, keepdim=True)
     sat = uniform(0.92, 1.08)[:, None, None, None]
@@ -187,9 +202,42 @@ def train_starter_tagger(
     lr: float = 3e-3,
 ) -> Manifest:
     """Train the starter tagger on ``n_train`` synthetic scenes and write a WD14 model folder at ``out_dir``."""
+    from core.training.common import (
+        torch_threads,
+        training_threads,
+    )
+
+    with torch_threads(training_threads()):
+        return _train(
+            out_dir,
+            n_train=n_train,
+            epochs=epochs,
+            input_size=input_size,
+            seed=seed,
+            progress=progress,
+            n_val=n_val,
+            backbone=backbone,
+            batch_size=batch_size,
+            lr=lr,
+        )
+
+
+def _train(
+    out_dir: Path,
+    *,
+    n_train: int,
+    epochs: int,
+    input_size: int,
+    seed: int,
+    progress: Progress | None,
+    n_val: int | None,
+    backbone: str,
+    batch_size: int,
+    lr: float,
+) -> Manifest:
     import timm
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from core.training.common import choose_device, export_onnx, seed_everything
 
@@ -215,14 +263,19 @@ def train_starter_tagger(
     render_s = time.monotonic() - started
     report("render", 1.0)
 
-    model = timm.create_model(backbone, pretrained=False, num_classes=n_r + len(vocab)).to(device)
+    model = timm.create_model(backbone, pretrained=False, num_classes=n_r + len(vocab))
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     total = steps_per_epoch * epochs
     warmup = max(1, total // 15)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
     )
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -235,11 +288,13 @@ def train_starter_tagger(
             idx = order[step * batch_size : (step + 1) * batch_size]
             if idx.numel() < 2 and n_train >= 2:  # BatchNorm needs two samples
                 idx = order[-2:]
-            x = ((_augment(images[idx], gen).to(device) - mean) / std).contiguous()
-            logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits[:, n_r:], labels[idx].to(device)) + 0.1 * F.cross_entropy(
-                logits[:, :n_r], rating_labels[idx].to(device)
+            x = ((_augment(images[idx], gen).to(device) - mean) / std).contiguous(
+                memory_format=torch.channels_last
             )
+            logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(
+                logits[:, n_r:], labels[idx].to(device)
+            ) + 0.1 * F.cross_entropy(logits[:, :n_r], rating_labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -253,7 +308,7 @@ def train_starter_tagger(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     tags_path = out_dir / "selected_tags.csv"
-    wrapper = _Wd14Wrapper.build(model, n_r)
+    wrapper = _Wd14Wrapper.build(model.to(memory_format=torch.contiguous_format), n_r)
     export_onnx(
         wrapper,
         torch.full((1, input_size, input_size, 3), 255.0),
@@ -267,7 +322,9 @@ def train_starter_tagger(
     write_selected_tags(tags_path, tag_defs)
 
     tagger = Wd14Tagger(onnx_path, tags_path, version="validation")
-    probs = np.concatenate([tagger._run(val_x[i : i + 64].astype(np.float32)) for i in range(0, len(val_x), 64)])
+    probs = np.concatenate(
+        [tagger._run(val_x[i : i + 64].astype(np.float32)) for i in range(0, len(val_x), 64)]
+    )
     general_probs = probs[:, n_r:]
     threshold, macro = best_threshold(general_probs, val_y)
     per_tag = f1_scores(general_probs, val_y, threshold)
@@ -289,10 +346,14 @@ def train_starter_tagger(
         extra={
             "backbone": backbone,
             "macro_f1": round(macro, 4),
-            "per_tag_f1": {t: (None if np.isnan(f) else round(float(f), 4)) for t, f in zip(vocab, per_tag, strict=True)},
+            "per_tag_f1": {
+                t: (None if np.isnan(f) else round(float(f), 4)) for t, f in zip(vocab, per_tag, strict=True)
+            },
             "rating_accuracy": round(rating_acc, 4),
             "val_scenes": n_val,
             "n_train": n_train,
+            "input_size": input_size,
+            "torch_threads": torch.get_num_threads(),
             "epochs": epochs,
             "render_s": round(render_s, 1),
             "train_s": round(train_s, 1),
