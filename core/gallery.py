@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from core.results import UNKNOWN, Candidate
@@ -84,6 +83,8 @@ class Gallery:
         self.dim = int(embeddings.shape[1])
         self.items = tuple(items)
         self.version = version
+        import faiss  # imported on first use: light processes (bots, the Celery parent) never load it
+
         self.index = faiss.IndexFlatIP(self.dim)
         if len(self.items):
             self.index.add(_normalise(embeddings))
