@@ -208,8 +208,9 @@ def test_timm_embedder_loads_a_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = timm.create_model("lcnet_050", pretrained=False, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "model.pth")
-    manifest = Manifest(slot="embedder", name="timm-tiny", format="timm-embedder", files={"weights": "model.pth"},
-                        input_size=32, extra={"timm_model": "lcnet_050"}, folder=tmp_path)
+    manifest = Manifest(slot="embedder", name="timm-tiny", format="timm-embedder",
+                        files={"weights": "model.pth"}, input_size=32, extra={"timm_model": "lcnet_050"},
+                        folder=tmp_path)
     embedder = EMBEDDER_LOADERS["timm-embedder"](manifest, None)
     crops = [_picture(i, (40, 40)) for i in range(3)]
     out = embedder.embed(crops)

@@ -29,6 +29,7 @@ LOADERS: dict[str, str] = {
     "yolo-onnx": "core.slots.detector:OnnxYoloDetector.from_manifest",
     "yolo-pt": "core.slots.detector:UltralyticsDetector.from_manifest",
     "onnx-embedder": "core.slots.embedder:OnnxEmbedder.from_manifest",
+    "timm-embedder": "core.slots.embedder:TimmEmbedder.from_manifest",
     "wd14-onnx": "core.slots.tagger:Wd14Tagger.from_manifest",
     "grounded-template": "core.slots.captioner:GroundedTemplateCaptioner.from_manifest",
 }
