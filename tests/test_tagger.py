@@ -1,6 +1,6 @@
 """The WD14 tagger slot (loader, preprocessing, thresholds) and the starter tagger's training entry point.
 
-A stand-in WD14 model (same signature as SmilingWolf's: 1x448x448x3 NHWC in, 1 x n_tags sigmoid out) is exported
+A stand-in WD14 model (SmilingWolf's signature: 1x448x448x3 NHWC in, 1 x n_tags sigmoid out) is exported
 to ONNX here and paired with the real ``wd14-selected_tags.csv`` from the shared data folder.
 """
 
@@ -69,7 +69,7 @@ def logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-# --- selected_tags.csv ---------------------------------------------------------------------------------------
+# --- selected_tags.csv ----------------------------------------------------------------------------
 
 
 def test_real_vocabulary_reads_with_crlf(wd14_csv: Path) -> None:
@@ -92,14 +92,19 @@ def test_malformed_tags_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_crlf_and_lf_tag_files_read_the_same(tmp_path: Path) -> None:
-    tags = [TagDef(1, "smile", 0, 10), TagDef(2, "general", 9, 3)]
+    tags = [TagDef(1, "smile", 0, 10), TagDef(2, "hand_on_another's_head", 0, 5), TagDef(3, "general", 9, 3)]
     lf = write_selected_tags(tmp_path / "lf.csv", tags)
     crlf = tmp_path / "crlf.csv"
     crlf.write_bytes(lf.read_bytes().replace(b"\n", b"\r\n"))
     assert read_selected_tags(lf) == read_selected_tags(crlf) == tags
+    blanks = tmp_path / "blanks.csv"  # blank rows (",,," and empty lines) are not tags
+    blanks.write_bytes(
+        b"\xef\xbb\xbftag_id,name,category,count\r\n1,smile,0,10\r\n,,,\r\n\r\n3,general,9,3\r\n"
+    )
+    assert [t.name for t in read_selected_tags(blanks)] == ["smile", "general"]
 
 
-# --- preprocessing --------------------------------------------------------------------------------------------
+# --- preprocessing --------------------------------------------------------------------------------
 
 
 def test_preprocess_pads_white_and_is_bgr() -> None:
@@ -121,7 +126,7 @@ def test_preprocess_flattens_transparency_on_white() -> None:
     assert out[0, 70, 5].tolist() == [255.0, 255.0, 255.0]  # side padding
 
 
-# --- the loader against a stand-in WD14 model ----------------------------------------------------------------
+# --- the loader against a stand-in WD14 model ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +199,7 @@ def test_tag_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert len(Wd14Tagger(onnx_path, tags_csv, version="ok").tag(Image.new("RGB", (10, 10)))) == 5
     short = write_selected_tags(tmp_path / "short.csv", [TagDef(i, f"tag{i}", 0, 1) for i in range(3)])
-    with pytest.raises(ValueError, match="outputs 5 scores but .* lists 3 tags"):
+    with pytest.raises(ValueError, match=r"outputs 5 scores but .* lists 3 tags"):
         Wd14Tagger(onnx_path, short, version="bad")
 
 
@@ -208,7 +213,7 @@ def test_no_rating_vocabulary_gives_no_rating(tmp_path: Path) -> None:
     assert [(t.name, t.category) for t in out] == [("smile", "general"), ("aoi", "character")]
 
 
-# --- the starter tagger's training entry point ------------------------------------------------------------------
+# --- the starter tagger's training entry point ----------------------------------------------------
 
 
 def test_train_starter_tagger_tiny(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""WD14-format taggers (SmilingWolf's wd-v1-4 / wd-*-tagger-v3, and the starter trained by core.training.tagger).
+"""WD14-format taggers: SmilingWolf's wd-v1-4 / wd-*-tagger-v3, and the starter from core.training.tagger.
 
-The format: ``model.onnx`` takes NHWC float32 pixels 0-255 in BGR order, the image padded to a white square and
-resized to the model's input size (read from the ONNX input shape), and outputs ``(batch, n_tags)``
+The format: ``model.onnx`` takes NHWC float32 pixels 0-255 in BGR order, the image padded to a white square
+and resized to the model's input size (read from the ONNX input shape), and outputs ``(batch, n_tags)``
 probabilities; ``selected_tags.csv`` (``tag_id,name,category,count``; category 0 general, 4 character,
 9 rating) names the outputs in order.
 """
@@ -42,7 +42,8 @@ class TagDef:
 
 
 def read_selected_tags(path: Path) -> list[TagDef]:
-    """The rows of a WD14 ``selected_tags.csv`` (LF or CRLF line endings, optional BOM), in output order."""
+    """The rows of a WD14 ``selected_tags.csv`` in output order (LF or CRLF line endings, optional BOM; blank
+    rows skipped)."""
     text = Path(path).read_text(encoding="utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in TAGS_COLUMNS if c not in (reader.fieldnames or [])]
@@ -50,6 +51,8 @@ def read_selected_tags(path: Path) -> list[TagDef]:
         raise ValueError(f"{path}: not a WD14 selected_tags.csv: missing column(s) {', '.join(missing)}")
     tags: list[TagDef] = []
     for line, row in enumerate(reader, start=2):
+        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue  # a blank row (",,,"), as some published files have
         try:
             tags.append(
                 TagDef(int(row["tag_id"]), row["name"].strip(), int(row["category"]), int(row["count"] or 0))
@@ -104,7 +107,7 @@ def onnx_providers(device: str) -> list[str]:
 
 
 class Wd14Tagger:
-    """A WD14 ONNX tagger: general tags, character tags and one rating, each against its category's threshold."""
+    """A WD14 ONNX tagger: general and character tags above their category's threshold, and one rating."""
 
     def __init__(
         self,
