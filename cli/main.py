@@ -317,7 +317,7 @@ def demo(
         truth[path.name] = scene
     started = time.perf_counter()
     analyse_one = _embedded_analyser(settings, top_n=settings.top_n)
-    found = correct = drawn = 0
+    found = correct = drawn = extra = 0
     rows = []
     with ResultWriter(out / "results.jsonl") as writer:
         for name, scene in truth.items():
@@ -325,6 +325,12 @@ def demo(
             (out / f"{Path(name).stem}.annotated.png").write_bytes(png)
             writer.write(_record(scene_dir / name, result, cached=cached))
             rows.append((name, result, ""))
+            extra += sum(all(h.box.iou(t.box) < 0.5 for t in scene.heads) for h in result.heads)
+            extra += max(
+                0,
+                sum(any(h.box.iou(t.box) >= 0.5 for t in scene.heads) for h in result.heads)
+                - len(scene.heads),
+            )
             for head in scene.heads:
                 drawn += 1
                 match = max(result.heads, key=lambda h: h.box.iou(head.box), default=None)
@@ -334,7 +340,7 @@ def demo(
     elapsed = time.perf_counter() - started
     console.print(summary_table(rows))
     console.print(
-        f"Heads found: {found}/{drawn}; correctly named: {correct}/{drawn}; "
+        f"Heads found: {found}/{drawn}; correctly named: {correct}/{drawn}; extra detections: {extra}; "
         f"{elapsed / len(truth):.2f} s per image (first includes model loading)."
     )
     console.print(f"Annotated images and results.jsonl are in {out}/")

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     device: DeviceChoice = Field("auto", description="Torch / ONNX Runtime device: auto, cpu or cuda.")
     top_n: int = Field(5, ge=1, le=50, description="Candidates listed per head.")
     detector_confidence: float = Field(0.35, ge=0.0, le=1.0, description="Minimum head detection score.")
-    detector_iou: float = Field(0.6, ge=0.0, le=1.0, description="IoU of non-maximum suppression.")
+    detector_iou: float = Field(0.5, ge=0.0, le=1.0, description="IoU of non-maximum suppression.")
     identify_threshold: float | None = Field(
         None, description="Cosine similarity below which a head is 'unknown'; empty = the manifest's value."
     )

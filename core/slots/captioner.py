@@ -6,6 +6,8 @@ the tags. A learned captioner (a Hugging Face ``from_pretrained`` directory) plu
 
 from __future__ import annotations
 
+from collections import Counter
+
 from PIL import Image
 
 from core.attributes import attributes_from_tags
@@ -43,13 +45,13 @@ class GroundedTemplateCaptioner:
     version = "grounded-template@1"
 
     def caption(self, image: Image.Image, heads: list[IdentifiedHead], tags: list[Tag]) -> str:
-        named = list(dict.fromkeys(h.name for h in heads if h.name != UNKNOWN))
+        named = Counter(h.name for h in heads if h.name != UNKNOWN)
         n_unknown = sum(1 for h in heads if h.name == UNKNOWN)
         if not heads:
             general = [t.name.replace("_", " ") for t in tags if t.category == "general"][:3]
             about = f", tagged {_join(general)}" if general else ""
             return f"An anime picture with no character face found{about}."
-        who = list(named)
+        who = [name if n == 1 else f"{name} ({n} times)" for name, n in named.items()]
         if n_unknown:
             who.append("an unknown character" if n_unknown == 1 else f"{n_unknown} unknown characters")
         single = len(heads) == 1

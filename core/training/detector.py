@@ -194,7 +194,7 @@ def train_starter_detector(
             format="yolo-onnx",
             files=files,
             sha256={name: file_sha256(out_dir / name) for name in files.values()},
-            thresholds={"confidence": 0.35, "iou": 0.6},
+            thresholds={"confidence": 0.35, "iou": 0.5},
             input_size=imgsz,
             provenance=(
                 f"trained by anibot models build on synthetic scenes (core.synth), seed {seed}: "
