@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from core.slots.base import Embedder
+from core.slots.base import Embedder, HeadDetector
 from core.store import Store
 from core.synth import CAST, render_portrait
 
@@ -29,12 +29,33 @@ class Reference:
         return cls(image, hashlib.sha256(buffer.getvalue()).hexdigest())
 
 
-def enrol(store: Store, embedder: Embedder, name: str, series: str, references: Sequence[Reference]) -> int:
-    """Add a character's references to the gallery; returns how many were new (duplicates are skipped)."""
+def head_crop(image: Image.Image, detector: HeadDetector | None) -> Image.Image:
+    """The best-scored detected head of a reference picture (queries are head crops too), else the picture."""
+    if detector is None:
+        return image
+    found = detector.detect(image)
+    if not found:
+        return image
+    box = max(found, key=lambda d: d.score).box
+    return image.crop((int(box.x1), int(box.y1), round(box.x2), round(box.y2)))
+
+
+def enrol(
+    store: Store,
+    embedder: Embedder,
+    name: str,
+    series: str,
+    references: Sequence[Reference],
+    detector: HeadDetector | None = None,
+) -> int:
+    """Add a character's references to the gallery; returns how many were new (duplicates are skipped).
+
+    With a ``detector``, each reference is cropped to its head first, so references and queries look alike.
+    """
     if not references:
         raise ValueError(f"no reference images for {name!r}")
     character_id = store.add_character(name, series)
-    embeddings = embedder.embed([r.image for r in references])
+    embeddings = embedder.embed([head_crop(r.image, detector) for r in references])
     added = sum(
         store.add_reference(character_id, ref.sha256, embedder.version, vector)
         for ref, vector in zip(references, embeddings, strict=True)
@@ -44,7 +65,12 @@ def enrol(store: Store, embedder: Embedder, name: str, series: str, references: 
 
 
 def enrol_synthetic_cast(
-    store: Store, embedder: Embedder, *, refs_per_character: int = 5, seed: int = 7_000_000
+    store: Store,
+    embedder: Embedder,
+    *,
+    detector: HeadDetector | None = None,
+    refs_per_character: int = 5,
+    seed: int = 7_000_000,
 ) -> int:
     """Enrol every synthetic character with portraits rendered from seeds disjoint from training and the demo."""
     total = 0
@@ -53,5 +79,5 @@ def enrol_synthetic_cast(
             Reference.from_image(render_portrait(spec.key, seed + index * 100 + k))
             for k in range(refs_per_character)
         ]
-        total += enrol(store, embedder, spec.name, spec.series, refs)
+        total += enrol(store, embedder, spec.name, spec.series, refs, detector)
     return total

@@ -150,7 +150,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise ImageTooLarge(
             f"This image is too large; the limit is {_human_pixels(max_pixels)}.", str(exc)
         ) from exc
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, ImportError) as exc:  # ImportError: a plugin some library hooked in
         if data.startswith(_SIGNATURES):
             raise CorruptImage(detail=f"unreadable header: {exc}") from exc
         raise NotAnImage(detail="unidentified file") from exc

@@ -128,7 +128,7 @@ def test_thresholds_settings_win_only_when_set() -> None:
     assert effective_thresholds(manifest, Settings(_env_file=None)) == (0.5, 0.4)
     assert effective_thresholds(manifest, Settings(_env_file=None, detector_confidence=0.2)) == (0.2, 0.4)
     assert effective_thresholds(Manifest(slot="detector", name="m", format="yolo-onnx"), Settings(_env_file=None)) == (
-        0.35, 0.6)
+        0.35, 0.5)
 
 
 # --- the stand-in ONNX export -------------------------------------------------------------------------------------
@@ -230,3 +230,15 @@ def test_train_starter_detector_tiny(tmp_path: Path, yolo_config: Path) -> None:
     detector = OnnxYoloDetector.from_manifest(manifest, Settings(_env_file=None, device="cpu"))
     assert detector.names == {0: "head"} and detector.imgsz == (64, 64)
     assert isinstance(detector.detect(Image.new("RGB", (120, 90))), list)
+
+
+def test_importing_ultralytics_keeps_intake_answers(yolo_config: Path) -> None:
+    """ultralytics patches PIL.Image.open to install a HEIF plugin on unknown files; intake must not notice."""
+    from core.intake import NotAnImage, decode_image
+    from core.slots.ultralytics_env import ultralytics_offline
+
+    ultralytics_offline(yolo_config)
+    from ultralytics import YOLO  # noqa: F401
+
+    with pytest.raises(NotAnImage):
+        decode_image(b"hello, this is text", max_bytes=1 << 20, max_pixels=1 << 20)

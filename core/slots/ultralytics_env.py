@@ -88,3 +88,16 @@ def ultralytics_offline(config_dir: Path) -> None:
         _place_font(folder / "Arial.Unicode.ttf", _UNICODE_FONTS)
     if SETTINGS.get("sync", True):
         SETTINGS.update({"sync": False})
+    restore_pillow_open()
+
+
+def restore_pillow_open() -> None:
+    """Undo ultralytics' replacement of ``PIL.Image.open`` (applied once, when ``ultralytics.utils.patches`` is
+    imported). Its wrapper tries to install and register a HEIF plugin whenever Pillow cannot identify a file;
+    image intake must answer "not an image" instead, with no install attempt, in every process."""
+    import ultralytics.utils.patches as patches
+    from PIL import Image
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original

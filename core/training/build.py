@@ -71,9 +71,12 @@ def build_slot(
 
 
 def enrol_cast(settings: Settings, manifest: Manifest) -> int:
+    """Enrol the synthetic cast for this embedder, cropping heads with the installed detector when there is one."""
     from core.characters import enrol_synthetic_cast
     from core.store import Store
 
     store = Store.from_settings(settings)
     store.create_all()
-    return enrol_synthetic_cast(store, load_slot(manifest, settings))
+    detector_manifest = active_manifest(settings.models_dir, "detector")
+    detector = load_slot(detector_manifest, settings) if detector_manifest else None
+    return enrol_synthetic_cast(store, load_slot(manifest, settings), detector=detector)

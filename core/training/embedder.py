@@ -3,7 +3,7 @@
 Training data: portraits and scene-head crops of the CAST minus two holdout characters, plus 200 generated
 identities (random hair colour/style, eye colour, accessories; none looks like a CAST member) that teach what
 makes characters differ. CosFace over all training identities, batches of 16 identities x 3 augmented views.
-Validation: 5 portraits per character (all 12) as the gallery, fresh scene-head crops as queries; the holdout
+Validation: 5 head crops per character (all 12) as the gallery, fresh scene-head crops as queries; the holdout
 characters give the few-shot score and, searched against a gallery without them, the "unknown" queries.
 
 Measured on 2 CPU cores shared with other training jobs (load 4-5; torch on 1 thread there, see
@@ -263,15 +263,19 @@ def _item(key: str, sha: str = "") -> GalleryItem:
 
 def evaluate(embedder: Any, *, holdout: Sequence[str], refs_per_character: int = 5, n_scenes: int = 160
              ) -> dict[str, Any]:
-    """Searches of fresh scene-head crops against a gallery of ``refs_per_character`` portraits per character.
+    """Searches of fresh scene-head crops against a gallery of ``refs_per_character`` head crops per character.
 
     Known queries (all characters) search the full gallery; "unknown" queries (the holdout characters) search
     a gallery without the holdout characters. Threshold and calibration are fitted on the even scenes and
     reported on the odd ones.
     """
     keys = [c.key for c in CAST]
-    refs = [(k, render_portrait(k, VAL_GALLERY_SEED + 100 * i + j)) for i, k in enumerate(keys)
-            for j in range(refs_per_character)]
+    # the gallery holds head crops, as deployment enrols them (core.characters crops each reference's head)
+    refs = []
+    for i, k in enumerate(keys):
+        for j in range(refs_per_character):
+            scene = render_scene(VAL_GALLERY_SEED + 100 * i + j, characters=[k])
+            refs.append((k, crop_head(scene.image, scene.heads[0].box)))
     ref_emb = embedder.embed([img for _, img in refs])
     full = Gallery(ref_emb, [_item(k) for k, _ in refs], version="val")
     known_rows = [i for i, (k, _) in enumerate(refs) if k not in holdout]
