@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         600, ge=2, description="Redis redelivery delay of unacknowledged tasks; longer than the longest task."
     )
+    redelivery_check_s: int = Field(
+        10,
+        ge=1,
+        description="How often workers look for tasks of dead workers (redelivered after the visibility timeout).",
+    )
     task_max_retries: int = Field(3, ge=0, le=10, description="Retries of a task for transient errors only.")
     job_wait_timeout_s: float = Field(120.0, gt=0, description="How long a client waits for a queued job.")
 

@@ -66,6 +66,7 @@ def test_worker_killed_mid_task_is_redelivered_and_completes_once(
         "ANIBOT_TEST_TASK_DELAY_S": "4",
         "ANIBOT_TASK_TIME_LIMIT_S": "10",
         "ANIBOT_VISIBILITY_TIMEOUT_S": "11",
+        "ANIBOT_REDELIVERY_CHECK_S": "2",
     }
     first = start_worker(slow)
     client = make_client(model_settings)
