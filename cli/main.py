@@ -290,7 +290,16 @@ def worker(
         "--without-gossip",
         "--without-mingle",
     ]
+    settings = get_settings()
+    if settings.onnx_threads == 0 and concurrency > 1:
+        # one ONNX Runtime thread pool per process, sized so the processes share the cores instead of fighting
+        os.environ["ANIBOT_ONNX_THREADS"] = str(worker_threads(concurrency))
     os.execvp(argv[0], argv)
+
+
+def worker_threads(concurrency: int) -> int:
+    """Inference threads per worker process when ``concurrency`` processes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // concurrency)
 
 
 @app.command()

@@ -49,6 +49,10 @@ def scenes(n: int, seed: int) -> list[bytes]:
 
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+    from cli.main import worker_threads
+
+    if concurrency > 1 and "ANIBOT_ONNX_THREADS" not in os.environ:  # as `anibot worker -c N` sets it
+        env = {**env, "ANIBOT_ONNX_THREADS": str(worker_threads(concurrency))}
     return subprocess.Popen(
         [
             sys.executable,
