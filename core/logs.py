@@ -33,5 +33,5 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    for noisy in ("PIL", "urllib3", "matplotlib", "asyncio"):
+    for noisy in ("PIL", "urllib3", "matplotlib", "asyncio", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
         None, description="TTF/OTF used for labels; empty = first found font chain."
     )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = library default.")
+    train_threads: int = Field(0, ge=0, description="Torch threads when training starter models; 0 = every core.")
 
     # --- chat front-ends -----------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")

@@ -21,8 +21,14 @@ needs_fonts = pytest.mark.skipif(
 
 def make_result(*heads: Head, width: int = 320, height: int = 240) -> AnalysisResult:
     return AnalysisResult(
-        image_sha256="0" * 64, width=width, height=height, heads=heads, tags=(), rating=None,
-        caption=None, fingerprint="",
+        image_sha256="0" * 64,
+        width=width,
+        height=height,
+        heads=heads,
+        tags=(),
+        rating=None,
+        caption=None,
+        fingerprint="",
     )
 
 
@@ -65,7 +71,7 @@ def test_box_at_top_border_keeps_label_inside(chain: FontChain) -> None:
     # a filled label background exists inside the image, inside the box's top, not cut off at the right
     label_rows = np.where((out[:, 255:318] == colour).all(axis=2).sum(axis=1) > 40)[0]
     assert len(label_rows) >= 10 and label_rows.min() <= 5
-    inner = out[3:label_rows.max(), 200:319]
+    inner = out[3 : label_rows.max(), 200:319]
     assert (inner != colour).any(axis=2).sum() > 20  # text ink on the label
     assert (out[:, :200] == 128).all()  # clamped label did not spill far to the left
 

@@ -47,7 +47,9 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory, yolo_config: Path) -> dic
     pt = folder / "stand_in.pt"
     model.save(pt)
     onnx_path = Path(
-        YOLO(str(pt)).export(format="onnx", imgsz=list(STAND_IN_IMGSZ), simplify=False, dynamic=False, device="cpu")
+        YOLO(str(pt)).export(
+            format="onnx", imgsz=list(STAND_IN_IMGSZ), simplify=False, dynamic=False, device="cpu"
+        )
     )
     assert onnx_path.parent == folder
     return {"pt": pt, "onnx": onnx_path}
@@ -71,7 +73,14 @@ def test_decode_nms_and_mapping_through_the_letterbox() -> None:
     candidates = np.array(
         [
             [30, 50, 20, 20, 0.90, 0.05],  # kept
-            [32, 51, 20, 20, 0.05, 0.80],  # overlaps the first (IoU ~0.75), other class: suppressed (class-agnostic)
+            [
+                32,
+                51,
+                20,
+                20,
+                0.05,
+                0.80,
+            ],  # overlaps the first (IoU ~0.75), other class: suppressed (class-agnostic)
             [75, 40, 10, 30, 0.10, 0.70],  # separate: kept, class 1
             [60, 60, 10, 10, 0.20, 0.10],  # below the confidence
         ],
@@ -90,7 +99,13 @@ def test_decode_nms_and_mapping_through_the_letterbox() -> None:
 def test_decode_clamps_to_the_image_and_sorts_with_zero_confidence() -> None:
     box_map = Letterbox(gain_x=1.0, gain_y=1.0, pad_x=0, pad_y=0, width=50, height=40)
     candidates = np.array(
-        [[10, 10, 8, 8, 0.2], [40, 20, 8, 8, 0.7], [-5, 5, 30, 6, 0.4], [25, 35, 10, 20, 0.0], [-20, -20, 4, 4, 0.9]],
+        [
+            [10, 10, 8, 8, 0.2],
+            [40, 20, 8, 8, 0.7],
+            [-5, 5, 30, 6, 0.4],
+            [25, 35, 10, 20, 0.0],
+            [-20, -20, 4, 4, 0.9],
+        ],
         dtype=np.float32,
     )
     found = decode_yolo_output(candidates.T[None], box_map, confidence=0.0, iou=0.5, num_classes=1)
@@ -103,7 +118,9 @@ def test_decode_clamps_to_the_image_and_sorts_with_zero_confidence() -> None:
 
 def test_decode_end2end_layout() -> None:
     box_map = Letterbox(gain_x=2.0, gain_y=2.0, pad_x=0, pad_y=0, width=100, height=100)
-    rows = np.array([[10, 10, 30, 30, 0.4, 0], [50, 50, 90, 90, 0.8, 2], [0, 0, 5, 5, 0.1, 1]], dtype=np.float32)
+    rows = np.array(
+        [[10, 10, 30, 30, 0.4, 0], [50, 50, 90, 90, 0.8, 2], [0, 0, 5, 5, 0.1, 1]], dtype=np.float32
+    )
     found = decode_yolo_output(rows[None], box_map, confidence=0.3, iou=0.5, end2end=True)
     expected = [((25.0, 25.0, 45.0, 45.0), 0.8, 2), ((5.0, 5.0, 15.0, 15.0), 0.4, 0)]
     assert [(b, round(s, 2), c) for b, s, c in found] == expected
@@ -117,25 +134,35 @@ def test_nms_keeps_best_of_overlaps() -> None:
 
 
 def test_parse_metadata_reads_ultralytics_reprs() -> None:
-    meta = {"names": "{0: 'head', 1: 'face'}", "imgsz": "[640, 480]", "stride": "32", "args": "{'nms': False}"}
+    meta = {
+        "names": "{0: 'head', 1: 'face'}",
+        "imgsz": "[640, 480]",
+        "stride": "32",
+        "args": "{'nms': False}",
+    }
     assert parse_metadata(meta) == {"names": {0: "head", 1: "face"}, "imgsz": (640, 480), "end2end": False}
     assert parse_metadata({"imgsz": "320", "end2end": "True"}) == {"imgsz": (320, 320), "end2end": True}
     assert parse_metadata({"names": "not python"}) == {"end2end": False}
 
 
 def test_thresholds_settings_win_only_when_set() -> None:
-    manifest = Manifest(slot="detector", name="m", format="yolo-onnx", thresholds={"confidence": 0.5, "iou": 0.4})
+    manifest = Manifest(
+        slot="detector", name="m", format="yolo-onnx", thresholds={"confidence": 0.5, "iou": 0.4}
+    )
     assert effective_thresholds(manifest, Settings(_env_file=None)) == (0.5, 0.4)
     assert effective_thresholds(manifest, Settings(_env_file=None, detector_confidence=0.2)) == (0.2, 0.4)
-    assert effective_thresholds(Manifest(slot="detector", name="m", format="yolo-onnx"), Settings(_env_file=None)) == (
-        0.35, 0.5)
+    assert effective_thresholds(
+        Manifest(slot="detector", name="m", format="yolo-onnx"), Settings(_env_file=None)
+    ) == (0.35, 0.5)
 
 
 # --- the stand-in ONNX export -------------------------------------------------------------------------------------
 
 
 def test_onnx_detector_reads_names_and_imgsz_from_metadata(stand_in: dict[str, Path]) -> None:
-    detector = OnnxYoloDetector(stand_in["onnx"], version="t@1", confidence=0.0, iou=0.5, input_size=320, threads=1)
+    detector = OnnxYoloDetector(
+        stand_in["onnx"], version="t@1", confidence=0.0, iou=0.5, input_size=320, threads=1
+    )
     assert isinstance(detector, HeadDetector)
     assert detector.imgsz == STAND_IN_IMGSZ  # from the metadata, not the fallback input_size
     assert len(detector.names) == 80 and detector.names[0] == "head" and detector.names[1] == "face"
@@ -176,12 +203,19 @@ def test_onnx_detector_sorts_a_crafted_output(stand_in: dict[str, Path]) -> None
     assert {d.label for d in found} <= set(detector.names.values())
 
 
-def test_loaders_and_ultralytics_detector(stand_in: dict[str, Path], yolo_config: Path, tmp_path: Path) -> None:
+def test_loaders_and_ultralytics_detector(
+    stand_in: dict[str, Path], yolo_config: Path, tmp_path: Path
+) -> None:
     assert set(DETECTOR_LOADERS) == {"yolo-onnx", "yolo-pt"}
     folder = stand_in["onnx"].parent
     manifest = Manifest(
-        slot="detector", name="stand-in", format="yolo-pt", files={"onnx": stand_in["onnx"].name, "pt": "stand_in.pt"},
-        thresholds={"confidence": 0.01, "iou": 0.6}, input_size=96, folder=folder,
+        slot="detector",
+        name="stand-in",
+        format="yolo-pt",
+        files={"onnx": stand_in["onnx"].name, "pt": "stand_in.pt"},
+        thresholds={"confidence": 0.01, "iou": 0.6},
+        input_size=96,
+        folder=folder,
     )
     settings = Settings(_env_file=None, device="cpu", data_dir=tmp_path, onnx_threads=1)
     onnx_detector = DETECTOR_LOADERS["yolo-onnx"](manifest, settings)
@@ -211,8 +245,16 @@ def test_train_starter_detector_tiny(tmp_path: Path, yolo_config: Path) -> None:
     stages: list[tuple[str, float]] = []
     out = tmp_path / "out"
     manifest = train_starter_detector(
-        out, n_train=6, n_val=2, epochs=1, imgsz=64, seed=3, workdir=tmp_path / "work",
-        progress=lambda stage, fraction: stages.append((stage, fraction)), device="cpu", ultralytics_dir=yolo_config,
+        out,
+        n_train=6,
+        n_val=2,
+        epochs=1,
+        imgsz=64,
+        seed=3,
+        workdir=tmp_path / "work",
+        progress=lambda stage, fraction: stages.append((stage, fraction)),
+        device="cpu",
+        ultralytics_dir=yolo_config,
     )
     assert manifest.slot == "detector" and manifest.format == "yolo-onnx" and manifest.input_size == 64
     assert manifest.files == {"onnx": "model.onnx", "pt": "model.pt"}

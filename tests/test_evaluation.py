@@ -52,8 +52,15 @@ def test_folder_dataset_labels_and_splits(faces):
 
 def test_closed_set_and_unknown_rejection(faces, tmp_path):
     data = load_folder_dataset(faces)
-    report = evaluate_identification(HairColourEmbedder(), data, refs=None, threshold=0.9,
-                                     calibration=Calibration(), unknown_fraction=0.25, seed=3)
+    report = evaluate_identification(
+        HairColourEmbedder(),
+        data,
+        refs=None,
+        threshold=0.9,
+        calibration=Calibration(),
+        unknown_fraction=0.25,
+        seed=3,
+    )
     assert report.top1 >= 0.9 and report.top5 == 1.0
     assert report.unknown_recall is not None and report.unknown_recall >= 0.75
     assert report.unknown_precision is not None and report.unknown_precision >= 0.75

@@ -112,8 +112,12 @@ def test_fit_threshold_and_calibration_separates_distributions() -> None:
     assert cal.confidence(0.85) > 0.9 and cal.confidence(0.45) < 0.1
     assert 0.55 < cal.shift < 0.75
     # degenerate inputs do not explode
-    degenerate = (([0.9], [True], []), ([], [], [0.2]), ([0.9, 0.8], [True, True], [0.3]),
-                  ([0.7], [False], [0.7]))
+    degenerate = (
+        ([0.9], [True], []),
+        ([], [], [0.2]),
+        ([0.9, 0.8], [True, True], [0.3]),
+        ([0.7], [False], [0.7]),
+    )
     for args in degenerate:
         t, c = fit_threshold_and_calibration(*args)
         assert np.isfinite(t) and np.isfinite(c.scale) and np.isfinite(c.shift) and c.scale > 0
@@ -133,17 +137,30 @@ def _tiny_onnx(path: Path, size: int | None = 32) -> None:
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(16, 24))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 24),
+    )
     model.eval()
     dynamic = {"input": {0: "batch"}, "embedding": {0: "batch"}}
     if size is None:
         dynamic["input"].update({2: "h", 3: "w"})
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, size or 32, size or 32),), str(path), dynamo=False,
-                          input_names=["input"], output_names=["embedding"], dynamic_axes=dynamic,
-                          opset_version=17)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, size or 32, size or 32),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["embedding"],
+            dynamic_axes=dynamic,
+            opset_version=17,
+        )
 
 
 def _picture(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
@@ -160,9 +177,16 @@ def _picture(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
 def onnx_manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     folder = tmp_path_factory.mktemp("embedder")
     _tiny_onnx(folder / "model.onnx")
-    manifest = Manifest(slot="embedder", name="tiny", format="onnx-embedder", files={"onnx": "model.onnx"},
-                        sha256={"model.onnx": file_sha256(folder / "model.onnx")},
-                        thresholds={"identify": 0.5}, input_size=None, folder=folder)
+    manifest = Manifest(
+        slot="embedder",
+        name="tiny",
+        format="onnx-embedder",
+        files={"onnx": "model.onnx"},
+        sha256={"model.onnx": file_sha256(folder / "model.onnx")},
+        thresholds={"identify": 0.5},
+        input_size=None,
+        folder=folder,
+    )
     manifest.save()
     return Manifest.load(folder)
 
@@ -193,9 +217,15 @@ def test_onnx_embedder_flip_invariant(onnx_manifest: Manifest) -> None:
 
 def test_onnx_embedder_dynamic_input_uses_manifest_size(tmp_path: Path) -> None:
     _tiny_onnx(tmp_path / "model.onnx", size=None)
-    manifest = Manifest(slot="embedder", name="tiny-dyn", format="onnx-embedder",
-                        files={"onnx": "model.onnx"}, input_size=40,
-                        extra={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, folder=tmp_path)
+    manifest = Manifest(
+        slot="embedder",
+        name="tiny-dyn",
+        format="onnx-embedder",
+        files={"onnx": "model.onnx"},
+        input_size=40,
+        extra={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        folder=tmp_path,
+    )
     embedder = OnnxEmbedder.from_manifest(manifest, None)
     assert embedder.input_size == 40 and embedder.mean == (0.5, 0.5, 0.5)
     assert embedder.embed([_picture(1)]).shape == (1, 24)
@@ -208,9 +238,15 @@ def test_timm_embedder_loads_a_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = timm.create_model("lcnet_050", pretrained=False, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "model.pth")
-    manifest = Manifest(slot="embedder", name="timm-tiny", format="timm-embedder",
-                        files={"weights": "model.pth"}, input_size=32, extra={"timm_model": "lcnet_050"},
-                        folder=tmp_path)
+    manifest = Manifest(
+        slot="embedder",
+        name="timm-tiny",
+        format="timm-embedder",
+        files={"weights": "model.pth"},
+        input_size=32,
+        extra={"timm_model": "lcnet_050"},
+        folder=tmp_path,
+    )
     embedder = EMBEDDER_LOADERS["timm-embedder"](manifest, None)
     crops = [_picture(i, (40, 40)) for i in range(3)]
     out = embedder.embed(crops)
@@ -227,8 +263,16 @@ def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> No
 
     seen: list[float] = []
     manifest = train_starter_embedder(
-        tmp_path / "model", epochs=1, steps_per_epoch=2, batch_size=12, input_size=32, n_scenes=12,
-        portraits_per_character=2, extra_identities=4, extra_renders=2, val_scenes=10,
+        tmp_path / "model",
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=12,
+        input_size=32,
+        n_scenes=12,
+        portraits_per_character=2,
+        extra_identities=4,
+        extra_renders=2,
+        val_scenes=10,
         progress=lambda _m, f: seen.append(f),
     )
     assert seen and seen[-1] == 1.0

@@ -9,7 +9,7 @@ import pytest
 from core.jobs import JobStatus, Requester
 from core.result_cache import ResultCache
 from core.store import Store
-from core.synth import CAST_BY_KEY, render_scene
+from core.synth import render_scene
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.queue
@@ -20,6 +20,17 @@ def scene_png(seed: int, **kwargs: object) -> tuple[bytes, object]:
     buffer = io.BytesIO()
     scene.image.save(buffer, format="PNG")
     return buffer.getvalue(), scene
+
+
+def in_process(settings, data: bytes):  # type: ignore[no-untyped-def]
+    from core.kv import MemoryKV
+    from core.service import AnalysisService
+
+    return AnalysisService(settings, MemoryKV(), Store.from_settings(settings)).analyze(data, top_n=5).result
+
+
+def without_timings(result: dict) -> dict:  # type: ignore[type-arg]
+    return {k: v for k, v in result.items() if k != "timings_ms"}
 
 
 def make_client(settings):  # type: ignore[no-untyped-def]
@@ -35,7 +46,10 @@ def test_enqueue_then_result_then_duplicate_from_cache(redis_kv, model_env, mode
     done = client.analyze(data, requester=Requester("test", "chat-1", "user-1"), timeout_s=180)
     assert done.job.status is JobStatus.DONE, worker.output()[-3000:]
     assert not done.job.cached
-    assert done.result.heads and done.result.heads[0].name == CAST_BY_KEY["aoi"].name
+    # the worker returns exactly what the pipeline computes in process, with the same models and gallery
+    expected = in_process(model_settings, data)
+    assert len(done.result.heads) == 1
+    assert without_timings(done.result.to_dict()) == without_timings(expected.to_dict())
     assert done.annotated_png.startswith(b"\x89PNG")
     # the message carried only the job id: the image is in the blob store under its hash
     assert client.blobs.get(done.job.params["image"]) == data

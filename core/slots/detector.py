@@ -27,6 +27,7 @@ from PIL import Image
 from core.results import Box
 from core.settings import Settings
 from core.slots.base import Detection, Manifest
+from core.slots.onnx_runtime import onnx_providers, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class Letterbox:
         return out
 
 
-def letterbox(rgb: np.ndarray, size: tuple[int, int], pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    rgb: np.ndarray, size: tuple[int, int], pad_value: int = PAD_VALUE
+) -> tuple[np.ndarray, Letterbox]:
     """Resize ``rgb`` (h, w, 3) to fit ``size`` = (height, width) keeping its ratio, centred on grey padding.
 
     Mirrors ultralytics' ``LetterBox(auto=False)`` and ``scale_boxes`` (same rounding), so an exported model sees
@@ -219,18 +222,6 @@ def _version_for(manifest: Manifest, confidence: float, iou: float) -> str:
     return replace(manifest, thresholds={**manifest.thresholds, "confidence": confidence, "iou": iou}).version
 
 
-def onnx_providers(device: str) -> list[str]:
-    """CUDA first when asked for (``cuda``/``auto``) and available, CPU always."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        log.warning("device=cuda but ONNX Runtime has no CUDAExecutionProvider (%s): using the CPU", available)
-    return ["CPUExecutionProvider"]
-
-
 # --- ONNX Runtime ------------------------------------------------------------------------------------------------
 
 
@@ -248,14 +239,7 @@ class OnnxYoloDetector:
         threads: int = 0,
         input_size: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
         self.version = version
         self.confidence = float(confidence)
         self.iou = float(iou)
@@ -265,8 +249,10 @@ class OnnxYoloDetector:
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self.names: dict[int, str] = meta.get("names") or dict(DEFAULT_LABELS)
         self.end2end: bool = meta["end2end"]
-        self.imgsz: tuple[int, int] = meta.get("imgsz") or _static_hw(model_input.shape) or (
-            (input_size, input_size) if input_size else (640, 640)
+        self.imgsz: tuple[int, int] = (
+            meta.get("imgsz")
+            or _static_hw(model_input.shape)
+            or ((input_size, input_size) if input_size else (640, 640))
         )
 
     @classmethod
@@ -301,7 +287,8 @@ class OnnxYoloDetector:
             end2end=self.end2end,
         )
         return [
-            Detection(box=Box(*xyxy), score=score, label=self.names.get(cls, str(cls))) for xyxy, score, cls in found
+            Detection(box=Box(*xyxy), score=score, label=self.names.get(cls, str(cls)))
+            for xyxy, score, cls in found
         ]
 
 
@@ -376,8 +363,10 @@ class UltralyticsDetector:
         found = []
         for (x1, y1, x2, y2), score, cls in zip(xyxy, scores, classes, strict=True):
             box = Box(
-                float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height)),
-                float(np.clip(x2, 0, width)), float(np.clip(y2, 0, height)),
+                float(np.clip(x1, 0, width)),
+                float(np.clip(y1, 0, height)),
+                float(np.clip(x2, 0, width)),
+                float(np.clip(y2, 0, height)),
             )
             if box.width > 0 and box.height > 0:
                 found.append(Detection(box=box, score=float(score), label=self.names.get(int(cls), str(cls))))

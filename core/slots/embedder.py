@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.slots.base import Manifest
+from core.slots.onnx_runtime import onnx_providers, onnx_session
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -61,8 +62,14 @@ def to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequenc
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
-def preprocess(crops: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float],
-               *, with_mirror: bool = True) -> np.ndarray:
+def preprocess(
+    crops: Sequence[Image.Image],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    with_mirror: bool = True,
+) -> np.ndarray:
     """(n or 2n, 3, size, size) float32: the crops padded to square, then (``with_mirror``) their mirrors."""
     squares = [pad_to_square(c) for c in crops]
     arrays = [to_tensor(s, size, mean, std) for s in squares]
@@ -110,14 +117,7 @@ class OnnxEmbedder:
         threads: int = 0,
         batch_size: int = BATCH_SIZE,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        chosen = [p for p in (providers or []) if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=chosen)
+        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
         self.version = version
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -148,16 +148,13 @@ class OnnxEmbedder:
     @classmethod
     def from_manifest(cls, manifest: Manifest, settings: Settings | None = None) -> OnnxEmbedder:
         mean, std = _mean_std(manifest)
-        providers = ["CPUExecutionProvider"]
-        if _wants_cuda(settings):
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return cls(
             manifest.path("onnx"),
             version=manifest.version,
             input_size=manifest.input_size,
             mean=mean,
             std=std,
-            providers=providers,
+            providers=onnx_providers(settings.device if settings is not None else "cpu"),
             threads=settings.onnx_threads if settings is not None else 0,
         )
 
@@ -165,7 +162,7 @@ class OnnxEmbedder:
         outputs = []
         step = self.batch_size
         for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
+            chunk = batch[start : start + step]
             rows = len(chunk)
             if self.fixed_batch and rows < self.fixed_batch:
                 pad = np.zeros((self.fixed_batch - rows, *chunk.shape[1:]), np.float32)
@@ -179,7 +176,7 @@ class OnnxEmbedder:
             return np.zeros((0, self.dim), np.float32)
         result = []
         for start in range(0, len(crops), self.batch_size):
-            part = crops[start:start + self.batch_size]
+            part = crops[start : start + self.batch_size]
             batch = preprocess(part, self.input_size, self.mean, self.std, with_mirror=True)
             result.append(_flip_average(self._run(batch), len(part)))
         return np.concatenate(result)
@@ -237,8 +234,15 @@ class TimmEmbedder:
         name = manifest.extra.get("timm_model")
         if not name:
             raise ValueError(f"{manifest.name}: timm-embedder needs extra['timm_model']")
-        return cls(name, manifest.path("weights"), version=manifest.version,
-                   input_size=manifest.input_size or 224, mean=mean, std=std, device=device)
+        return cls(
+            name,
+            manifest.path("weights"),
+            version=manifest.version,
+            input_size=manifest.input_size or 224,
+            mean=mean,
+            std=std,
+            device=device,
+        )
 
     def embed(self, crops: list[Image.Image]) -> np.ndarray:
         if not crops:
@@ -247,7 +251,7 @@ class TimmEmbedder:
         result = []
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
-                part = crops[start:start + self.batch_size]
+                part = crops[start : start + self.batch_size]
                 batch = preprocess(part, self.input_size, self.mean, self.std)
                 raw = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
                 result.append(_flip_average(raw, len(part)))

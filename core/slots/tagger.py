@@ -21,6 +21,7 @@ from PIL import Image
 from core.results import Tag
 from core.settings import Settings
 from core.slots.base import Manifest
+from core.slots.onnx_runtime import onnx_providers, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +96,6 @@ def wd14_preprocess(image: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(array)[None]
 
 
-def onnx_providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        log.warning("device=cuda but ONNX Runtime has no CUDA provider here; using the CPU")
-    return ["CPUExecutionProvider"]
-
-
 class Wd14Tagger:
     """A WD14 ONNX tagger: general and character tags above their category's threshold, and one rating."""
 
@@ -119,17 +109,11 @@ class Wd14Tagger:
         providers: list[str] | None = None,
         threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
 
         self.version = version
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.tags = read_selected_tags(tags_csv)
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = list(inp.shape)

@@ -45,7 +45,9 @@ def _place_font(target: Path, candidates: tuple[Path, ...]) -> None:
         return
     source = _first_font(candidates)
     if source is None:
-        raise FileNotFoundError(f"no TTF font found to place at {target}; install fonts-dejavu-core or matplotlib")
+        raise FileNotFoundError(
+            f"no TTF font found to place at {target}; install fonts-dejavu-core or matplotlib"
+        )
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)  # atomic: concurrent callers never see a half-written font

@@ -27,14 +27,14 @@ def choose_device(preference: str = "auto") -> torch.device:
 
 
 def training_threads() -> int:
-    """All cores when the machine is otherwise idle; one when other jobs keep it busy (there, several
-    spinning torch threads per process run several times slower than one)."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] > 0.5 * cores
-    except OSError:
-        busy = False
-    return 1 if busy else cores
+    """Torch threads for training: ``Settings.train_threads`` when set, else every core.
+
+    Fixed, not read from the machine's load: the thread count changes the order of floating-point sums, so a
+    load-dependent choice made the same seed train different models on different runs.
+    """
+    from core.settings import get_settings
+
+    return get_settings().train_threads or os.cpu_count() or 1
 
 
 @contextmanager

@@ -399,7 +399,7 @@ def train_starter_embedder(
     train_keys = [c.key for c in CAST if c.key not in holdout]
     seed_everything(seed)
     torch.set_flush_denormal(True)
-    n_threads = threads or training_threads()  # one thread while other jobs keep the cores busy
+    n_threads = threads or training_threads()
     rng = random.Random(seed)
 
     report("rendering training crops", 0.0)
