@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from core.results import Box
@@ -149,7 +150,10 @@ def _background(size: tuple[int, int], kind: str, rng: random.Random) -> Image.I
             cx, cy, r = rng.randint(0, w), rng.randint(0, h), rng.randint(3, 18)
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_jitter(base, rng, 80))
     else:  # noise
-        noise = Image.effect_noise(size, rng.randint(20, 60)).convert("RGB")
+        # numpy seeded from the scene's rng (Image.effect_noise draws from libc rand(): not reproducible)
+        sigma = rng.randint(20, 60)
+        grey = np.random.default_rng(rng.getrandbits(64)).normal(128.0, sigma, (h, w))
+        noise = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L").convert("RGB")
         img = Image.blend(img, noise, 0.35)
     return img
 
