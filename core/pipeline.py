@@ -129,7 +129,10 @@ class AnalysisPipeline:
         raw = f"{self.models_fp}|gallery={gallery_version}|{sorted(self.slots.load_errors)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
-    def analyze(self, image: Image.Image, image_sha256: str, *, top_n: int) -> AnalysisResult:
+    def analyze(
+        self, image: Image.Image, image_sha256: str, *, top_n: int, fingerprint: str | None = None
+    ) -> AnalysisResult:
+        """Run every stage; ``fingerprint`` may be passed when the caller already computed it."""
         timings: dict[str, float] = {}
         failures: list[StageFailure] = []
 
@@ -148,7 +151,7 @@ class AnalysisPipeline:
             finally:
                 timings[name] = round((time.perf_counter() - start) * 1000, 2)
 
-        fingerprint = self.fingerprint()
+        fingerprint = fingerprint or self.fingerprint()
         detections: list[Detection] = stage(
             "detector", "detector", lambda: self.slots.detector.detect(image), []
         )  # type: ignore[union-attr]
@@ -182,8 +185,7 @@ class AnalysisPipeline:
             return []
         assert self.slots.embedder is not None and self.gallery is not None
         crops = [
-            image.crop((int(d.box.x1), int(d.box.y1), round(d.box.x2), round(d.box.y2)))
-            for d in detections
+            image.crop((int(d.box.x1), int(d.box.y1), round(d.box.x2), round(d.box.y2))) for d in detections
         ]
         embeddings = self.slots.embedder.embed(crops)
         gallery, _ = self.gallery.current()

@@ -88,7 +88,7 @@ class AnalysisService:
                 result, png, cached, cached=True, logged=self._log(job_id, result, requester, started)
             )
         self.cache.count_pipeline_run()
-        result = self.pipeline.analyze(decoded.image, decoded.sha256, top_n=top_n)
+        result = self.pipeline.analyze(decoded.image, decoded.sha256, top_n=top_n, fingerprint=fingerprint)
         png = encode_png(annotate(decoded.image, result))
         refs = CachedAnalysis(
             result_blob=self.blobs.put(json.dumps(result.to_dict(), ensure_ascii=False).encode()),
