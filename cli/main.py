@@ -265,41 +265,21 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Start a Celery worker (models load lazily in each worker process)."""
-    from workers.celery_app import QUEUES
+    from workers.celery_app import QUEUES, worker_argv, worker_threads
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if unknown:
         console.print(f"[red]Unknown queue(s): {', '.join(unknown)}; queues are {', '.join(QUEUES)}.[/red]")
         raise typer.Exit(2)
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app:app",
-        "worker",
-        "-Q",
-        ",".join(wanted),
-        "-c",
-        str(concurrency),
-        "--loglevel",
-        loglevel,
-        "-n",
-        f"anibot-{'-'.join(wanted)}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    argv = worker_argv(
+        wanted, concurrency=concurrency, name=f"anibot-{'-'.join(wanted)}@%h", loglevel=loglevel
+    )
     settings = get_settings()
     if settings.onnx_threads == 0 and concurrency > 1:
         # one ONNX Runtime thread pool per process, sized so the processes share the cores instead of fighting
         os.environ["ANIBOT_ONNX_THREADS"] = str(worker_threads(concurrency))
     os.execvp(argv[0], argv)
-
-
-def worker_threads(concurrency: int) -> int:
-    """Inference threads per worker process when ``concurrency`` processes share this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // concurrency)
 
 
 @app.command()

@@ -49,34 +49,13 @@ def scenes(n: int, seed: int) -> list[bytes]:
 
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    from cli.main import worker_threads
+    from workers.celery_app import worker_argv, worker_threads
 
     if concurrency > 1 and "ANIBOT_ONNX_THREADS" not in os.environ:  # as `anibot worker -c N` sets it
         env = {**env, "ANIBOT_ONNX_THREADS": str(worker_threads(concurrency))}
+    argv = worker_argv(["gpu"], concurrency=concurrency, name=f"bench-{concurrency}@%h", loglevel="WARNING")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app:app",
-            "worker",
-            "-Q",
-            "gpu",
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"bench-{concurrency}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        argv, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
     )
 
 

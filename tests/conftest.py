@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -107,26 +106,11 @@ class WorkerProcess:
         self.name = f"test-{uuid.uuid4().hex[:6]}@%h"
         self.log_path = log_path
         self.log = log_path.open("ab")
+        from workers.celery_app import worker_argv
+
+        argv = [*worker_argv(queues.split(","), concurrency=1, name=self.name), "--without-heartbeat"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app:app",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                "1",
-                "--loglevel",
-                "INFO",
-                "-n",
-                self.name,
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            argv,
             cwd=REPO,
             env={**os.environ, **env},
             stdout=self.log,

@@ -6,6 +6,9 @@ Nothing here imports torch or loads a model: models are loaded lazily inside eac
 
 from __future__ import annotations
 
+import os
+import sys
+
 from celery import Celery, signals
 from kombu import Queue
 
@@ -18,6 +21,33 @@ ANALYZE_TASK = "anibot.analyze"
 
 class ConfigurationError(RuntimeError):
     pass
+
+
+def worker_argv(queues: list[str], *, concurrency: int, name: str, loglevel: str = "INFO") -> list[str]:
+    """The command line of a Celery worker of this app (used by `anibot worker`, the benchmark and the tests)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app:app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def worker_threads(concurrency: int) -> int:
+    """Inference threads per worker process when ``concurrency`` processes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // concurrency)
 
 
 def make_app(settings: Settings) -> Celery:
