@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -62,6 +64,33 @@ def enrol(
     )
     log.info("enrolled %s (%s): %d new of %d references", name, series or "-", added, len(references))
     return added
+
+
+def enrol_face_set(
+    store: Store,
+    embedder: Embedder,
+    faces_dir: Path,
+    *,
+    detector: HeadDetector | None = None,
+    refs_per_character: int = 5,
+    seed: int = 0,
+) -> int:
+    """Enrol each character of a real face set with ``refs_per_character`` images of its training split
+    (never its test split, which the demo and ``anibot eval`` query with)."""
+    from core.real_faces import display_name, load_face_splits, load_images
+
+    splits = load_face_splits(faces_dir, seed=seed)
+    rng = random.Random(seed)
+    total = 0
+    for label in splits.labels:
+        own = [i for i in splits.train if i.label == label]
+        chosen = rng.sample(own, min(refs_per_character, len(own)))
+        if not chosen:
+            continue
+        name, series = display_name(label)
+        refs = [Reference.from_image(image) for image in load_images(chosen)]
+        total += enrol(store, embedder, name, series, refs, detector)
+    return total
 
 
 def enrol_synthetic_cast(

@@ -165,13 +165,16 @@ def fit_threshold_and_calibration(
     *,
     l2: float = 1e-6,
     iterations: int = 50,
+    balanced: bool = True,
 ) -> tuple[float, Calibration]:
     """The identification threshold and the confidence calibration, from validation searches.
 
     ``known_sims``: best similarity of queries whose character is in the gallery, ``known_correct`` whether
     their top-1 was right; ``unknown_sims``: best similarity of queries whose character is not in the gallery.
     A query should be *accepted* when its top-1 is right and rejected (UNKNOWN) otherwise, so the threshold
-    maximises the balanced accuracy of that decision (midpoint of the best plateau of thresholds). The
+    maximises the balanced accuracy of that decision (midpoint of the best plateau of thresholds), or with
+    ``balanced=False`` its plain accuracy over the queries as given (their mix of known and unknown characters is
+    then the prior: better when top-1 is often wrong, where balancing would reject nearly everything). The
     calibration is a logistic regression of "top-1 is right" on the best similarity (Newton steps, Platt's
     smoothed targets, a tiny L2).
     """
@@ -192,7 +195,10 @@ def fit_threshold_and_calibration(
     grid = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
     tpr = (pos[None, :] >= grid[:, None]).mean(axis=1) if len(pos) else np.zeros(len(grid))
     tnr = (neg[None, :] < grid[:, None]).mean(axis=1) if len(neg) else np.zeros(len(grid))
-    score = (tpr + tnr) / 2 if len(pos) and len(neg) else tpr if len(pos) else tnr
+    if balanced:
+        score = (tpr + tnr) / 2 if len(pos) and len(neg) else tpr if len(pos) else tnr
+    else:
+        score = (tpr * len(pos) + tnr * len(neg)) / (len(pos) + len(neg))
     best = np.flatnonzero(score >= score.max() - 1e-12)
     # the widest margin: the middle of the widest run of equally good thresholds
     runs = np.split(best, np.flatnonzero(np.diff(best) != 1) + 1)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Writable folder for the SQLite store, caches, outputs.")
     models_dir: Path = Field(Path("models"), description="Folder holding model manifests and weights.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/anibot.db.")
+    faces_dir: Path | None = Field(
+        None,
+        description="Real face crops, <dir>/{train,test}/<character>/*: used by `models build` and `eval`; "
+        "empty = synthetic data only.",
+    )
 
     # --- queue -------------------------------------------------------------------
     redis_url: str = Field(
@@ -67,6 +72,21 @@ class Settings(BaseSettings):
     )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = library default.")
     train_threads: int = Field(0, ge=0, description="Torch threads when training starter models; 0 = every core.")
+
+    # --- model downloads (`anibot models pull`) -------------------------------------
+    hf_endpoint: str = Field(
+        "https://huggingface.co",
+        validation_alias=AliasChoices("ANIBOT_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hugging Face base URL for `anibot models pull` (a mirror); HF_ENDPOINT is read too.",
+    )
+    hf_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ANIBOT_HF_TOKEN", "HF_TOKEN"),
+        description="Hugging Face token for gated models; HF_TOKEN is read too. Never logged.",
+    )
+    download_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a model download may wait to connect or for the next bytes."
+    )
 
     # --- chat front-ends -----------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")

@@ -31,6 +31,10 @@ def _training_code_digest() -> str:
             *REPO.glob("core/slots/*.py"),
             REPO / "core/characters.py",
             REPO / "core/store.py",
+            REPO / "core/real_faces.py",
+            REPO / "core/grounding.py",
+            REPO / "core/caption_claims.py",
+            REPO / "core/caption_eval.py",
         ]
     ):
         digest.update(path.read_bytes())
@@ -158,3 +162,27 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+# stand-in real face set: synthetic portraits filed under real characters whose canonical look they share
+STAND_IN_FACES = {
+    "fate_testarossa": "hikari",  # blonde, red eyes, twintails
+    "kinomoto_sakura": "chiyo",  # brown, green eyes, short
+    "lelouch_lamperouge": "rin",  # black hair, purple eyes
+    "hatsune_miku": "mizu",  # aqua hair
+}
+
+
+@pytest.fixture(scope="session")
+def face_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder-per-character set in the moeimouto layout: train/NNN_name/*.png and test/NNN_name/*.png."""
+    from core.synth import render_portrait
+
+    root = tmp_path_factory.mktemp("faces")
+    for split, seeds in (("train", range(0, 8)), ("test", range(100, 104))):
+        for index, (label, key) in enumerate(STAND_IN_FACES.items()):
+            folder = root / split / f"{index:03d}_{label}"
+            folder.mkdir(parents=True)
+            for seed in seeds:
+                render_portrait(key, seed * 37 + index).save(folder / f"face_{seed}.png")
+    return root

@@ -62,6 +62,21 @@ def to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequenc
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+# how a crop becomes square before resizing (a manifest's ``extra["resize"]``): padded, as anibot's own models
+# train, or stretched, as e.g. deepghs' CCIP expects
+SQUARING: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "pad": pad_to_square,
+    "stretch": lambda image: image.convert("RGB"),  # to_tensor then resizes to size x size
+}
+
+
+def squaring(manifest: Manifest) -> str:
+    mode = str(manifest.extra.get("resize", "pad"))
+    if mode not in SQUARING:
+        raise ValueError(f"{manifest.name}: extra.resize must be one of {sorted(SQUARING)}, not {mode!r}")
+    return mode
+
+
 def preprocess(
     crops: Sequence[Image.Image],
     size: int,
@@ -69,9 +84,11 @@ def preprocess(
     std: Sequence[float],
     *,
     with_mirror: bool = True,
+    resize: str = "pad",
 ) -> np.ndarray:
-    """(n or 2n, 3, size, size) float32: the crops padded to square, then (``with_mirror``) their mirrors."""
-    squares = [pad_to_square(c) for c in crops]
+    """(n or 2n, 3, size, size) float32: the crops made square (``resize``: padded or stretched), then
+    (``with_mirror``) their mirrors."""
+    squares = [SQUARING[resize](c) for c in crops]
     arrays = [to_tensor(s, size, mean, std) for s in squares]
     if with_mirror:
         arrays += [a[:, :, ::-1] for a in arrays]
@@ -84,7 +101,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _flip_average(raw: np.ndarray, n: int) -> np.ndarray:
+def flip_average(raw: np.ndarray, n: int) -> np.ndarray:
     """Rows 0..n-1 are the crops and n..2n-1 their mirrors: normalise each, average the pairs, normalise."""
     raw = l2_normalise(raw)
     return l2_normalise(raw[:n] + raw[n:])
@@ -116,7 +133,9 @@ class OnnxEmbedder:
         providers: Sequence[str] | None = None,
         threads: int = 0,
         batch_size: int = BATCH_SIZE,
+        resize: str = "pad",
     ) -> None:
+        self.resize = resize
         self.session = onnx_session(onnx_path, providers=providers, threads=threads)
         self.version = version
         self.mean = tuple(float(v) for v in mean)
@@ -156,6 +175,7 @@ class OnnxEmbedder:
             std=std,
             providers=onnx_providers(settings.device if settings is not None else "cpu"),
             threads=settings.onnx_threads if settings is not None else 0,
+            resize=squaring(manifest),
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -177,8 +197,8 @@ class OnnxEmbedder:
         result = []
         for start in range(0, len(crops), self.batch_size):
             part = crops[start : start + self.batch_size]
-            batch = preprocess(part, self.input_size, self.mean, self.std, with_mirror=True)
-            result.append(_flip_average(self._run(batch), len(part)))
+            batch = preprocess(part, self.input_size, self.mean, self.std, with_mirror=True, resize=self.resize)
+            result.append(flip_average(self._run(batch), len(part)))
         return np.concatenate(result)
 
 
@@ -196,6 +216,7 @@ class TimmEmbedder:
         std: Sequence[float] = IMAGENET_STD,
         device: str = "cpu",
         batch_size: int = BATCH_SIZE,
+        resize: str = "pad",
     ) -> None:
         import timm
         import torch
@@ -218,6 +239,7 @@ class TimmEmbedder:
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.batch_size = max(1, int(batch_size))
+        self.resize = resize
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.input_size, self.input_size, device=device)
             self.dim = int(self.model(probe).shape[1])
@@ -242,6 +264,7 @@ class TimmEmbedder:
             mean=mean,
             std=std,
             device=device,
+            resize=squaring(manifest),
         )
 
     def embed(self, crops: list[Image.Image]) -> np.ndarray:
@@ -252,9 +275,9 @@ class TimmEmbedder:
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 part = crops[start : start + self.batch_size]
-                batch = preprocess(part, self.input_size, self.mean, self.std)
+                batch = preprocess(part, self.input_size, self.mean, self.std, resize=self.resize)
                 raw = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-                result.append(_flip_average(raw, len(part)))
+                result.append(flip_average(raw, len(part)))
         return np.concatenate(result)
 
 

@@ -69,6 +69,8 @@ def ultralytics_offline(config_dir: Path) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "False"
+    # its per-batch progress bars would interleave with `anibot models build`'s own (YOLO_VERBOSE=True restores)
+    os.environ.setdefault("YOLO_VERBOSE", "False")
     imported_before = "ultralytics" in sys.modules
     if not imported_before:
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)

@@ -1,13 +1,15 @@
 """``anibot models build``: train every starter model here, offline, and install it in the models folder.
 
+Builders that accept ``faces_dir`` also train on the real face set of ``Settings.faces_dir`` when it is set.
 Each builder trains through the project's own code and writes the same formats the community's models ship in
-(YOLO ONNX, an ONNX embedder, a WD14 tagger), so one loading path serves both. The embedder build also enrols the
-synthetic cast in the character gallery.
+(YOLO ONNX, an ONNX embedder, a WD14 tagger, a Hugging Face ``from_pretrained`` captioner), so one loading path
+serves both. The embedder build also enrols the synthetic cast in the character gallery.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import shutil
 import tempfile
@@ -17,7 +19,7 @@ from typing import Any
 
 from core.settings import Settings
 from core.slots.base import Manifest
-from core.slots.registry import active_manifest, load_slot, set_active
+from core.slots.registry import BUILTIN, active_manifest, load_slot, set_active
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -27,12 +29,14 @@ BUILDERS: dict[str, str] = {
     "detector": "core.training.detector:train_starter_detector",
     "embedder": "core.training.embedder:train_starter_embedder",
     "tagger": "core.training.tagger:train_starter_tagger",
+    "captioner": "core.training.captioner:train_starter_captioner",
 }
 # tiny budgets: a few steps each, for tests of the build path (models are not expected to be good)
 SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
     "detector": {"n_train": 6, "n_val": 2, "epochs": 1, "imgsz": 64},
     "embedder": {"epochs": 1, "steps_per_epoch": 2, "input_size": 32},
     "tagger": {"n_train": 8, "epochs": 1, "input_size": 64},
+    "captioner": {"n_train": 8, "warmup_steps": 2, "epochs": 1, "image_size": 32, "batch_size": 4, "n_val": 2},
 }
 
 
@@ -42,7 +46,10 @@ def _builder(slot: str) -> Callable[..., Manifest]:
 
 
 def missing_slots(settings: Settings) -> list[str]:
-    return [slot for slot in BUILDERS if active_manifest(settings.models_dir, slot) is None]
+    """Buildable slots with no installed model (a built-in fallback, like the template captioner, counts as none)."""
+    return [
+        slot for slot in BUILDERS if active_manifest(settings.models_dir, slot) in (None, BUILTIN.get(slot))
+    ]
 
 
 def build_slot(
@@ -56,7 +63,11 @@ def build_slot(
     """Train the starter model of ``slot`` and install it as the slot's active model."""
     with tempfile.TemporaryDirectory(prefix=f"anibot-build-{slot}-") as tmp:
         staging = Path(tmp) / "model"
-        manifest = _builder(slot)(staging, seed=seed, progress=progress, **(budget or {}))
+        builder = _builder(slot)
+        options = dict(budget or {})
+        if settings.faces_dir is not None and "faces_dir" in inspect.signature(builder).parameters:
+            options.setdefault("faces_dir", settings.faces_dir)
+        manifest = builder(staging, seed=seed, progress=progress, **options)
         target = settings.models_dir / slot / manifest.name
         if target.exists():
             shutil.rmtree(target)
@@ -71,12 +82,17 @@ def build_slot(
 
 
 def enrol_cast(settings: Settings, manifest: Manifest) -> int:
-    """Enrol the synthetic cast for this embedder, cropping heads with the installed detector when there is one."""
-    from core.characters import enrol_synthetic_cast
+    """Enrol the synthetic cast for this embedder (and, with ``Settings.faces_dir``, the face set's characters
+    from 5 training images each), cropping heads with the installed detector when there is one."""
+    from core.characters import enrol_face_set, enrol_synthetic_cast
     from core.store import Store
 
     store = Store.from_settings(settings)
     store.create_all()
     detector_manifest = active_manifest(settings.models_dir, "detector")
     detector = load_slot(detector_manifest, settings) if detector_manifest else None
-    return enrol_synthetic_cast(store, load_slot(manifest, settings), detector=detector)
+    embedder = load_slot(manifest, settings)
+    total = enrol_synthetic_cast(store, embedder, detector=detector)
+    if settings.faces_dir is not None:
+        total += enrol_face_set(store, embedder, settings.faces_dir, detector=detector)
+    return total

@@ -21,6 +21,14 @@ mAP on 60 synthetic val scenes, AdamW, nbs = batch, warmup 0.5 epoch, close_mosa
 
 (batch 8 and lr0 .003 unless stated.) Epochs beat extra images, 256 px beats 320 px at equal cost, mosaic helps.
 The ONNX export of the defaults found all 40 heads of 20 fresh scenes (seeds 5_000_000+) with no false positive.
+
+With a real face set (``faces_dir``), 60 % of the scenes get 1-3 real faces pasted in (core.real_faces.compose_scene:
+soft elliptical edge, a body below, 12-55 % of the shorter side, some cut by the border, some blurred): faces of the
+train split in training scenes, of the test split in validation scenes. The defaults then train in 172 s on 2 idle
+cores; ``anibot eval detector`` on 200 held-out pictures each: drawn scenes mAP50 1.000 / mAP50-95 0.787, scenes
+with pasted real (test-split) heads mAP50 0.988 / mAP50-95 0.700 (precision 0.99, recall 0.95 at confidence 0.35).
+Pasted faces are not real anime pictures: a pulled community detector (``anibot models pull deepghs-head-v2.0-s``)
+is what real artwork needs.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from core.real_faces import FaceSplits, compose_scene, load_face_splits, load_images
 from core.slots.base import Manifest, file_sha256
 from core.slots.ultralytics_env import default_config_dir, ultralytics_offline
 from core.synth import render_scene
@@ -66,32 +77,64 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 Progress = Callable[[str, float], None]
 
 
-def write_yolo_dataset(root: Path, *, n_train: int, n_val: int, seed: int = 0) -> Path:
-    """Render ``n_train`` + ``n_val`` synthetic scenes as a YOLO dataset under ``root``; return its data.yaml.
+def _yolo_rows(boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> str:
+    w, h = size
+    return "".join(
+        f"0 {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n"
+        for x1, y1, x2, y2 in boxes
+    )
+
+
+def uses_real_faces(scene_seed: int, real_share: float) -> bool:
+    """Whether the detection scene of ``scene_seed`` pastes real faces (when a face set is given)."""
+    return random.Random(scene_seed * 31 + 7).random() < real_share
+
+
+def render_detection_scene(
+    scene_seed: int, faces: list[Image.Image] | None, real_share: float
+) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
+    """One training or validation picture and its head boxes: a drawn scene, or (in ``real_share`` of the seeds,
+    when ``faces`` are given) a scene with real faces pasted in (core.real_faces.compose_scene)."""
+    if faces and uses_real_faces(scene_seed, real_share):
+        composite = compose_scene(scene_seed, faces)
+        return composite.image, composite.boxes
+    scene = render_scene(scene_seed)
+    return scene.image, [(h.box.x1, h.box.y1, h.box.x2, h.box.y2) for h in scene.heads]
+
+
+def write_yolo_dataset(
+    root: Path,
+    *,
+    n_train: int,
+    n_val: int,
+    seed: int = 0,
+    faces: FaceSplits | None = None,
+    real_share: float = 0.6,
+) -> Path:
+    """Render ``n_train`` + ``n_val`` scenes as a YOLO dataset under ``root``; return its data.yaml.
 
     Train scenes use seeds ``seed .. seed+n_train-1`` and are saved as JPEG at a random quality (a stand-in for the
     blur/JPEG augmentations of albumentations, which is not a dependency); val scenes use seeds offset by
-    :data:`VAL_SEED_OFFSET` and are saved losslessly.
+    :data:`VAL_SEED_OFFSET` and are saved losslessly. With ``faces``, ``real_share`` of the scenes get real faces
+    pasted in: faces of the train split (and its validation part) in train scenes, of the test split only in val
+    scenes, so the validation mAP is measured on heads the detector never saw.
     """
+    pools: dict[str, list[Image.Image] | None] = {"train": None, "val": None}
+    if faces is not None:
+        pools = {"train": load_images([*faces.train, *faces.val]), "val": load_images(faces.test)}
     for split, count, first in (("train", n_train, seed), ("val", n_val, seed + VAL_SEED_OFFSET)):
         images, labels = root / "images" / split, root / "labels" / split
         images.mkdir(parents=True, exist_ok=True)
         labels.mkdir(parents=True, exist_ok=True)
         for scene_seed in range(first, first + count):
-            scene = render_scene(scene_seed)
-            w, h = scene.image.size
-            rows = []
-            for head in scene.heads:
-                b = head.box
-                rows.append(f"0 {(b.x1 + b.x2) / 2 / w:.6f} {(b.y1 + b.y2) / 2 / h:.6f} {b.width / w:.6f} "
-                            f"{b.height / h:.6f}")
+            image, boxes = render_detection_scene(scene_seed, pools[split], real_share)
             stem = f"{scene_seed:08d}"
             if split == "train":
                 quality = random.Random(scene_seed).randint(45, 95)
-                scene.image.save(images / f"{stem}.jpg", quality=quality)
+                image.save(images / f"{stem}.jpg", quality=quality)
             else:
-                scene.image.save(images / f"{stem}.png")
-            (labels / f"{stem}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+                image.save(images / f"{stem}.png")
+            (labels / f"{stem}.txt").write_text(_yolo_rows(boxes, image.size), encoding="utf-8")
     data_yaml = root / "data.yaml"
     names = "\n".join(f"  {k}: {v}" for k, v in LABELS.items())
     data_yaml.write_text(
@@ -127,6 +170,8 @@ def train_starter_detector(
     device: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     ultralytics_dir: Path | None = None,
+    faces_dir: Path | None = None,
+    real_share: float = 0.6,
 ) -> Manifest:
     """Train the starter detector on synthetic scenes, export it to ONNX and write its manifest in ``out_dir``.
 
@@ -146,7 +191,10 @@ def train_starter_detector(
 
         started = time.monotonic()
         report("rendering dataset", 0.0)
-        data_yaml = write_yolo_dataset(work / "dataset", n_train=n_train, n_val=n_val, seed=seed)
+        faces = load_face_splits(Path(faces_dir), seed=seed) if faces_dir is not None else None
+        data_yaml = write_yolo_dataset(
+            work / "dataset", n_train=n_train, n_val=n_val, seed=seed, faces=faces, real_share=real_share
+        )
         report("training", 0.05)
 
         model = YOLO("yolov8n.yaml")
@@ -199,7 +247,13 @@ def train_starter_detector(
             provenance=(
                 f"trained by anibot models build on synthetic scenes (core.synth), seed {seed}: "
                 f"train seeds {seed}..{seed + n_train - 1}, val seeds from {seed + VAL_SEED_OFFSET}; "
-                "YOLOv8n from scratch (ultralytics, no pretrained weights)"
+                + (
+                    f"{real_share:.0%} of them with real faces from {faces_dir} pasted in (train split in training "
+                    "scenes, test split in validation scenes); "
+                    if faces is not None
+                    else ""
+                )
+                + "YOLOv8n from scratch (ultralytics, no pretrained weights)"
             ),
             extra={
                 "map50": _metric(metrics, "metrics/mAP50(B)"),
@@ -209,6 +263,8 @@ def train_starter_detector(
                 "epochs": epochs,
                 "n_train": n_train,
                 "n_val": n_val,
+                "real_faces": str(faces_dir) if faces is not None else None,
+                "real_share": real_share if faces is not None else 0.0,
                 "imgsz": imgsz,
                 "seed": seed,
                 "train_seconds": round(time.monotonic() - started, 1),
