@@ -14,6 +14,88 @@ eval_app = typer.Typer(help="Measure the installed models on labelled data.", no
 console = Console(stderr=True)
 
 
+FacesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--faces",
+        help="Real face set (<dir>/{train,test}/<character>/*); default: ANIBOT_FACES_DIR. Its test split is used.",
+    ),
+]
+
+
+def _installed(slot: str):
+    """The active model of ``slot``, loaded, and its manifest; a clear exit when none is installed."""
+    from core.slots.registry import active_manifest, load_slot
+
+    settings = get_settings()
+    manifest = active_manifest(settings.models_dir, slot)
+    if manifest is None:
+        console.print(f"[red]No {slot} installed: run `anibot models build`.[/red]")
+        raise typer.Exit(2)
+    return load_slot(manifest, settings), manifest
+
+
+def _faces(faces: Path | None) -> Path | None:
+    chosen = faces or get_settings().faces_dir
+    if chosen is not None and not (chosen / "test").is_dir():
+        console.print(f"[red]{chosen}: no test/ folder of character folders[/red]")
+        raise typer.Exit(2)
+    return chosen
+
+
+@eval_app.command("detector")
+def detector(
+    faces: FacesOption = None,
+    scenes: Annotated[int, typer.Option(min=1, help="Held-out pictures per set.")] = 200,
+    out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
+) -> None:
+    """Head detection: mAP50 and mAP50-95 on held-out drawn scenes and scenes with pasted real (test) heads."""
+    from core.detection_eval import (
+        detection_markdown,
+        evaluate_detector,
+        heldout_pictures,
+        write_detection_plots,
+    )
+
+    model, manifest = _installed("detector")
+    faces_dir = _faces(faces)
+    operating = float(getattr(model, "confidence", manifest.thresholds.get("confidence", 0.35)))
+    sets = {"drawn scenes": heldout_pictures(scenes)}
+    if faces_dir is not None:
+        sets["pasted real heads"] = heldout_pictures(scenes, faces_dir=faces_dir, real_share=1.0)
+    reports = {name: evaluate_detector(model, pictures, operating_confidence=operating)
+               for name, pictures in sets.items()}
+    text = detection_markdown(reports, f"Head detection: `{manifest.version}`")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detector.md").write_text(text, encoding="utf-8")
+    for plot in write_detection_plots(reports, out):
+        console.print(f"wrote {plot}")
+    print(text)
+
+
+@eval_app.command("tagger")
+def tagger(
+    faces: FacesOption = None,
+    scenes: Annotated[int, typer.Option(min=1, help="Held-out synthetic scenes.")] = 200,
+    out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
+) -> None:
+    """Tagging: per-tag F1 and macro-F1 on synthetic scenes; hair and eye colour F1 on real faces."""
+    from core.tag_eval import evaluate_real_colours, evaluate_synthetic, tag_markdown, write_tag_plots
+
+    model, manifest = _installed("tagger")
+    faces_dir = _faces(faces)
+    reports = [evaluate_synthetic(model, scenes)]
+    if faces_dir is not None:
+        colours = evaluate_real_colours(model, faces_dir)
+        reports += [colours.hair, colours.eyes]
+    text = tag_markdown(reports, f"Tagging: `{manifest.version}`")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tagger.md").write_text(text, encoding="utf-8")
+    for plot in write_tag_plots(reports, out):
+        console.print(f"wrote {plot}")
+    print(text.split("\n## ")[0])
+
+
 @eval_app.command("identify")
 def identify(
     data: Annotated[Path, typer.Option(help="Folder per character, optionally under train/ and test/.")],
@@ -59,7 +141,14 @@ def identify(
         "",
         MARKDOWN_HEADER,
     ]
-    for k in protocols:
+    labels = {i.label for items in dataset.values() for i in items}
+    unseen = sorted(set(manifest.extra.get("real_unseen") or ()) & labels)
+    runs: list[tuple[int | None, list[str] | None]] = [(k, None) for k in protocols]
+    # few-shot on the characters this embedder never trained on (its manifest names them)
+    runs += [(k, unseen) for k in (list(refs) if refs else [1, 5]) if unseen and k is not None]
+    if unseen:
+        lines.insert(4, f"Never seen in training: {', '.join(unseen)}.\n")
+    for k, only in runs:
         report = evaluate_identification(
             embedder,
             dataset,
@@ -68,12 +157,33 @@ def identify(
             calibration=calibration,
             unknown_fraction=unknown_fraction,
             seed=seed,
+            score_only=only,
         )
         lines.append(report.markdown_row())
-        stem = "closed-set" if k is None else f"fewshot-k{k}"
+        stem = ("closed-set" if k is None else f"fewshot-k{k}") + ("-unseen" if only else "")
         for plot in write_plots(report, out, stem):
             console.print(f"wrote {plot}")
         console.print(report.markdown_row())
     out.mkdir(parents=True, exist_ok=True)
     (out / "identify.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     console.print(f"wrote {out / 'identify.md'}")
+
+
+@eval_app.command("captioner")
+def captioner(
+    scenes: Annotated[int, typer.Option(min=1, help="Synthetic scenes to caption.")] = 200,
+    seed_base: Annotated[int | None, typer.Option(help="First scene seed; default: a range no training uses.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the report and plot go.")] = Path("out/eval"),
+) -> None:
+    """Captions: the share whose stated attributes match the truth of synthetic scenes (raw and grounded)."""
+    from core.caption_eval import EVAL_SEED_BASE, evaluate_captioner, write_plot
+
+    model, _ = _installed("captioner")
+    first = EVAL_SEED_BASE if seed_base is None else seed_base
+    report = evaluate_captioner(model, n_scenes=scenes, seed_base=first)
+    text = report.markdown()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "captioner.md").write_text(text, encoding="utf-8")
+    console.print(f"wrote {out / 'captioner.md'}")
+    console.print(f"wrote {write_plot(report, out / 'captioner.png')}")
+    print(text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,14 +99,21 @@ def _embed(embedder: Embedder, items: Sequence[LabelledImage], batch: int = 64) 
 
 
 def split_protocol(
-    data: dict[str, list[LabelledImage]], refs: int | None, *, unknown_fraction: float, seed: int
+    data: dict[str, list[LabelledImage]],
+    refs: int | None,
+    *,
+    unknown_fraction: float,
+    seed: int,
+    never_held_out: Collection[str] = (),
 ) -> tuple[str, list[LabelledImage], list[LabelledImage], list[str]]:
-    """(protocol name, gallery, queries, characters held out of the gallery)."""
+    """(protocol name, gallery, queries, characters held out of the gallery); ``never_held_out`` characters
+    always stay in the gallery."""
     rng = random.Random(seed)
     pool = data.get("train") or data["all"]
     labels = sorted({i.label for i in pool})
-    n_out = round(len(labels) * unknown_fraction)
-    held_out = sorted(rng.sample(labels, n_out)) if n_out else []
+    candidates = [label for label in labels if label not in never_held_out]
+    n_out = min(len(candidates), round(len(labels) * unknown_fraction))
+    held_out = sorted(rng.sample(candidates, n_out)) if n_out else []
     if refs is None:
         if "test" not in data:
             raise ValueError("the closed-set protocol needs train/ and test/ splits; pass --refs K")
@@ -132,10 +139,17 @@ def evaluate_identification(
     calibration: Calibration,
     unknown_fraction: float = 0.0,
     seed: int = 0,
+    score_only: Collection[str] | None = None,
 ) -> IdentifyReport:
+    """Top-1/top-5 over the queries of characters in the gallery (only those in ``score_only`` when given, e.g.
+    characters the embedder never trained on, which then always stay in the gallery), and unknown rejection over
+    the queries of characters held out of it."""
     protocol, gallery_items, queries, held_out = split_protocol(
-        data, refs, unknown_fraction=unknown_fraction, seed=seed
+        data, refs, unknown_fraction=unknown_fraction, seed=seed, never_held_out=score_only or ()
     )
+    if score_only is not None:
+        protocol += f" ({', '.join(sorted(score_only))} only)"
+        queries = [q for q in queries if q.label in score_only or q.label in held_out]
     gallery = Gallery(
         _embed(embedder, gallery_items),
         [GalleryItem(i.label, "", str(i.path)) for i in gallery_items],
@@ -180,12 +194,9 @@ def evaluate_identification(
 
 def write_plots(report: IdentifyReport, out_dir: Path, stem: str) -> list[Path]:
     """A precision-recall curve of accepting the top-1 answer, and the confusion matrix."""
-    import matplotlib
+    from core.plots import confusion_png, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     written = []
     sims, correct = np.array(report.best_sims), np.array(report.correct) & np.array(report.known)
     order = np.argsort(-sims)
@@ -198,28 +209,7 @@ def write_plots(report: IdentifyReport, out_dir: Path, stem: str) -> list[Path]:
     ax.set_ylabel("precision")
     ax.set_title(f"{report.protocol}: accept top-1 by similarity")
     ax.set_ylim(0, 1.02)
-    path = out_dir / f"{stem}-pr.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-
-    truths = sorted({t for t, _ in report.confusion})
-    said = truths + sorted({s for _, s in report.confusion} - set(truths))
-    matrix = np.zeros((len(truths), len(said)))
-    for (t, s), n in report.confusion.items():
-        matrix[truths.index(t), said.index(s)] = n
-    matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(said), 1 + 0.45 * len(truths)))
-    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(said)), said, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(truths)), truths, fontsize=7)
-    ax.set_xlabel("answer")
-    ax.set_ylabel("truth")
-    ax.set_title(f"{report.protocol}: confusion (row-normalised)", fontsize=9)
-    path = out_dir / f"{stem}-confusion.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(save(fig, out_dir / f"{stem}-pr.png"))
+    written.append(confusion_png(report.confusion, out_dir / f"{stem}-confusion.png",
+                                 title=f"{report.protocol}: confusion (row-normalised)", xlabel="answer"))
     return written

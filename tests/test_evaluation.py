@@ -67,3 +67,23 @@ def test_closed_set_and_unknown_rejection(faces, tmp_path):
     plots = write_plots(report, tmp_path / "plots", "closed")
     assert all(p.stat().st_size > 1000 for p in plots)
     assert len(CAST) >= 4
+
+
+def test_few_shot_scored_on_chosen_characters_keeps_them_in_the_gallery(faces):
+    data = load_folder_dataset(faces)
+    for seed in range(5):
+        report = evaluate_identification(
+            HairColourEmbedder(),
+            data,
+            refs=2,
+            threshold=0.9,
+            calibration=Calibration(),
+            unknown_fraction=0.25,
+            seed=seed,
+            score_only={"midori"},
+        )
+        assert "midori" not in report.held_out and len(report.held_out) == 1
+        assert report.protocol == "few-shot K=2 (midori only)"
+        scored = [k for k in report.known if k]
+        assert len(scored) == 4  # midori's four test queries; the held-out character's count as unknown
+        assert report.n_queries == 8 and report.top1 >= 0.75

@@ -123,6 +123,25 @@ def test_fit_threshold_and_calibration_separates_distributions() -> None:
         assert np.isfinite(t) and np.isfinite(c.scale) and np.isfinite(c.shift) and c.scale > 0
 
 
+def test_unbalanced_threshold_keeps_answers_when_top1_is_often_wrong() -> None:
+    """Two validation domains, as when synthetic and real faces are pooled: a clean one (high similarities, all
+    right) and a muddy one (top-1 wrong one time in five, unknown characters nearly as similar). Balancing the
+    two errors rejects half of the muddy domain's right answers; plain accuracy over the queries does not."""
+    rng = np.random.default_rng(2)
+    clean_known, clean_unknown = rng.normal(0.95, 0.02, 130), rng.normal(0.45, 0.08, 30)
+    right = rng.random(100) < 0.8
+    muddy_known = np.where(right, rng.normal(0.82, 0.05, 100), rng.normal(0.79, 0.05, 100))
+    muddy_unknown = rng.normal(0.78, 0.05, 25)
+    known = np.concatenate([clean_known, muddy_known])
+    correct = np.concatenate([np.ones(130, bool), right])
+    unknown = np.concatenate([clean_unknown, muddy_unknown])
+    balanced, _ = fit_threshold_and_calibration(known, correct, unknown)
+    plain, _ = fit_threshold_and_calibration(known, correct, unknown, balanced=False)
+    assert plain < balanced
+    assert (muddy_known[right] >= plain).mean() > 0.85 > 0.6 > (muddy_known[right] >= balanced).mean()
+    assert (clean_known >= plain).all() and (clean_unknown < plain).all()
+
+
 def test_calibration_round_trip() -> None:
     cal = Calibration(scale=12.5, shift=0.61)
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
@@ -292,3 +311,19 @@ def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> No
     out = embedder.embed([render_portrait("aoi", 1), render_portrait("momo", 2)])
     assert out.shape == (2, loaded.extra["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_resize_mode_pads_or_stretches_crops() -> None:
+    from core.slots.embedder import SQUARING, preprocess, squaring
+
+    wide = Image.new("RGB", (40, 10), (255, 0, 0))
+    ImageDraw.Draw(wide).rectangle((20, 0, 39, 9), fill=(0, 0, 255))  # left half red, right half blue
+    padded = preprocess([wide], 8, (0, 0, 0), (1, 1, 1), with_mirror=False, resize="pad")
+    stretched = preprocess([wide], 8, (0, 0, 0), (1, 1, 1), with_mirror=False, resize="stretch")
+    assert stretched[0, 0, 0, 0] > 0.99 and stretched[0, 0, -1, 0] > 0.99  # red from the top row to the bottom
+    assert padded[0, 0, 0, 0] < 0.6 < 0.9 < padded[0, 0, 4, 0]  # edge-coloured padding above the red band
+    assert set(SQUARING) == {"pad", "stretch"}
+    ok = Manifest(slot="embedder", name="m", format="onnx-embedder", extra={"resize": "stretch"})
+    assert squaring(ok) == "stretch" and squaring(Manifest(slot="embedder", name="m", format="onnx-embedder")) == "pad"
+    with pytest.raises(ValueError, match="resize"):
+        squaring(Manifest(slot="embedder", name="m", format="onnx-embedder", extra={"resize": "crop"}))
