@@ -39,26 +39,31 @@ def _look(tags: list[Tag], single: bool) -> str:
     return look + mood
 
 
+def template_caption(heads: list[IdentifiedHead], tags: list[Tag]) -> str:
+    """The caption composed from the identified heads and the tags alone."""
+    named = Counter(h.name for h in heads if h.name != UNKNOWN)
+    n_unknown = sum(1 for h in heads if h.name == UNKNOWN)
+    if not heads:
+        general = [t.name.replace("_", " ") for t in tags if t.category == "general"][:3]
+        about = f", tagged {_join(general)}" if general else ""
+        return f"An anime picture with no character face found{about}."
+    who = [name if n == 1 else f"{name} ({n} times)" for name, n in named.items()]
+    if n_unknown:
+        who.append("an unknown character" if n_unknown == 1 else f"{n_unknown} unknown characters")
+    single = len(heads) == 1
+    if single:
+        return f"{who[0][0].upper()}{who[0][1:]}{_look(tags, single=True)}."
+    count = NUMBER_WORDS.get(len(heads), str(len(heads)))
+    return f"{count} characters, {_join(who)}{_look(tags, single=False)}."
+
+
 class GroundedTemplateCaptioner:
     """Composes the caption from what the other stages found; needs no weights."""
 
     version = "grounded-template@1"
 
     def caption(self, image: Image.Image, heads: list[IdentifiedHead], tags: list[Tag]) -> str:
-        named = Counter(h.name for h in heads if h.name != UNKNOWN)
-        n_unknown = sum(1 for h in heads if h.name == UNKNOWN)
-        if not heads:
-            general = [t.name.replace("_", " ") for t in tags if t.category == "general"][:3]
-            about = f", tagged {_join(general)}" if general else ""
-            return f"An anime picture with no character face found{about}."
-        who = [name if n == 1 else f"{name} ({n} times)" for name, n in named.items()]
-        if n_unknown:
-            who.append("an unknown character" if n_unknown == 1 else f"{n_unknown} unknown characters")
-        single = len(heads) == 1
-        if single:
-            return f"{who[0][0].upper()}{who[0][1:]}{_look(tags, single=True)}."
-        count = NUMBER_WORDS.get(len(heads), str(len(heads)))
-        return f"{count} characters, {_join(who)}{_look(tags, single=False)}."
+        return template_caption(heads, tags)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, settings: Settings) -> GroundedTemplateCaptioner:

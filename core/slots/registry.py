@@ -32,6 +32,8 @@ LOADERS: dict[str, str] = {
     "timm-embedder": "core.slots.embedder:TimmEmbedder.from_manifest",
     "wd14-onnx": "core.slots.tagger:Wd14Tagger.from_manifest",
     "grounded-template": "core.slots.captioner:GroundedTemplateCaptioner.from_manifest",
+    "hf-vision-encoder-decoder": "core.slots.hf_captioner:HfCaptioner.from_manifest",
+    "hf-blip": "core.slots.hf_captioner:HfCaptioner.from_manifest",
 }
 
 # slots that work without any installed files
@@ -87,6 +89,9 @@ def active_manifest(models_dir: Path, slot: str) -> Manifest | None:
         for manifest in choices:
             if manifest.name == wanted:
                 return manifest
+        builtin = BUILTIN.get(slot)
+        if builtin is not None and builtin.name == wanted:
+            return builtin
         raise ModelNotInstalled(slot, models_dir)
     if choices:
         return choices[-1] if len(choices) == 1 else sorted(choices, key=lambda m: m.name)[0]
