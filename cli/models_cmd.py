@@ -1,20 +1,77 @@
-"""``anibot models ...``: build the starter models and list what is installed and active."""
+"""``anibot models ...``: build the starter models, pull pinned community models, list what is installed."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from core.settings import Settings, get_settings
+from core.slots.catalog import (
+    DEFAULT_CATALOG,
+    CatalogEntry,
+    CatalogError,
+    Catalogue,
+    RemoteFile,
+    UnknownModel,
+)
+from core.slots.pull import HubSource, LocalSource, ProgressFn, PullError, PullResult, installed_folder, pull
 from core.slots.registry import SLOTS, ModelNotInstalled, active_manifest, installed, read_active
 
-models_app = typer.Typer(help="Build, list and choose models.", no_args_is_help=True)
+models_app = typer.Typer(help="Build, pull, list and choose models.", no_args_is_help=True)
 console = Console(stderr=True)
+
+# what a user should know after a model of this slot changes
+SLOT_NOTES: dict[str, str] = {
+    "embedder": "Galleries are kept per embedder: enrol the reference pictures again for this embedder.",
+}
+
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalog",
+        dir_okay=False,
+        help="A catalogue file of your own, in the format of core/slots/catalog.json.",
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One red line on stderr (no markup, no traceback) and the exit code."""
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def say(message: str) -> None:
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def load_catalogue(path: Path | None) -> Catalogue:
+    try:
+        return Catalogue.load(path or DEFAULT_CATALOG)
+    except CatalogError as exc:
+        fail(str(exc), code=2)
+
+
+def megabytes(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1e6:,.1f} MB"
 
 
 def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, seed: int = 0) -> None:
@@ -58,11 +115,23 @@ def build(
     force: Annotated[bool, typer.Option(help="Rebuild slots that already have a model.")] = False,
     smoke: Annotated[bool, typer.Option(help="A few training steps only (checks the build path).")] = False,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    faces: Annotated[
+        Path | None,
+        typer.Option(
+            "--faces",
+            file_okay=False,
+            help="Also train on a real face set (<dir>/{train,test}/<character>/*); default: ANIBOT_FACES_DIR.",
+        ),
+    ] = None,
 ) -> None:
     """Train the starter models offline and install them."""
     from core.training.build import BUILDERS, missing_slots
 
     settings = get_settings()
+    if faces is not None:
+        if not (faces / "train").is_dir():
+            fail(f"{faces}: no train/ folder of character folders", code=2)
+        settings = settings.model_copy(update={"faces_dir": faces})
     wanted = slot or list(BUILDERS)
     unknown = sorted(set(wanted) - set(BUILDERS))
     if unknown:
@@ -79,7 +148,7 @@ def build(
 
 @models_app.command("list")
 def list_models() -> None:
-    """Show installed models per slot and which one is active."""
+    """Show installed models per slot and which one is active, then the catalogue models not installed."""
     settings = get_settings()
     chosen = read_active(settings.models_dir)
     table = Table(title=f"models in {settings.models_dir}")
@@ -105,4 +174,159 @@ def list_models() -> None:
             )
     if chosen:
         console.print(f"active.json: {chosen}")
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    try:
+        catalogue = Catalogue.load()
+    except CatalogError as exc:
+        say(f"(catalogue unreadable: {exc})")
+        return
+    missing = [e for e in catalogue.entries if not installed_folder(settings.models_dir, e).is_dir()]
+    if missing:
+        available = Table(title="available to pull (`anibot models pull NAME`)")
+        for column in ("name", "slot", "size", "licence", "summary"):
+            available.add_column(column, overflow="fold")
+        for entry in missing:
+            available.add_row(
+                entry.name, entry.slot, megabytes(entry.total_size), entry.licence, entry.summary
+            )
+        out.print(available)
+
+
+@contextmanager
+def download_progress() -> Iterator[ProgressFn]:
+    """A rich progress bar per file, fed by the pull's progress callback (shown once bytes arrive)."""
+    progress = Progress(
+        TextColumn("{task.fields[file]}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def report(file: RemoteFile, done: int, total: int | None) -> None:
+        if not tasks:
+            progress.start()
+        if file.filename not in tasks:
+            tasks[file.filename] = progress.add_task("", total=total, file=file.filename)
+        progress.update(tasks[file.filename], completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if tasks:
+            progress.stop()
+
+
+def report_pull(entry: CatalogEntry, result: PullResult, folder: Path) -> None:
+    if result.already_installed:
+        say(f"{entry.name} is already installed in {folder} (--force downloads it again).")
+    else:
+        checked = "its pinned size" if entry.unverified else "its pinned sha256 and size"
+        say(
+            f"Installed {entry.name} ({entry.slot}, {entry.format}) in {folder}: every file matches {checked}."
+        )
+    for filename, digest in result.unverified_digests.items():
+        say(
+            f"UNVERIFIED {filename}: sha256 {digest} (no published digest; pin it in the catalogue once trusted)"
+        )
+    if result.activated:
+        say(f"Active {entry.slot}: {entry.name}.")
+        if entry.slot in SLOT_NOTES and not result.already_installed:
+            say(SLOT_NOTES[entry.slot])
+    else:
+        say(
+            f"Not activated: `anibot models pull {entry.name}` without --no-activate makes it the active "
+            f"{entry.slot}."
+        )
+
+
+@models_app.command("pull")
+def pull_model(
+    name: Annotated[str, typer.Argument(help="A catalogue model (`anibot models catalog` lists them).")],
+    activate: Annotated[
+        bool, typer.Option("--activate/--no-activate", help="Make it the active model of its slot.")
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Download and reinstall even when installed.")] = False,
+    allow_unverified: Annotated[
+        bool, typer.Option(help="Install files the catalogue has no sha256 for (prints their digest).")
+    ] = False,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            exists=True,
+            file_okay=False,
+            help="Install from files copied by hand into this folder (checked like a download).",
+        ),
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Download a pinned community model (every byte hash-checked) and install it; offline, use --from."""
+    settings = get_settings()
+    catalogue = load_catalogue(catalog)
+    try:
+        entry = catalogue.get(name)
+    except UnknownModel as exc:
+        fail(str(exc.args[0]), code=2)
+    source = LocalSource(from_dir) if from_dir is not None else HubSource.from_settings(settings, entry.name)
+    if not entry.unverified or allow_unverified:
+        say(
+            f"Pulling {entry.name} ({megabytes(entry.total_size)}, {entry.licence}) for the {entry.slot} slot"
+        )
+    try:
+        with download_progress() as progress:
+            result = pull(
+                entry,
+                settings.models_dir,
+                source,
+                activate=activate,
+                force=force,
+                allow_unverified=allow_unverified,
+                progress=progress,
+            )
+    except PullError as exc:
+        fail(str(exc))
+    except OSError as exc:  # the models folder: permissions, a full disk
+        fail(f"could not install {entry.name} into {settings.models_dir}: {exc}")
+    report_pull(entry, result, installed_folder(settings.models_dir, entry))
+
+
+@models_app.command("catalog")
+def show_catalog(
+    name: Annotated[str | None, typer.Argument(help="Show this model's files, URLs and digests.")] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """List the community models `anibot models pull` installs, with their pinned revisions and digests."""
+    settings = get_settings()
+    catalogue = load_catalogue(catalog)
+    out = Console()
+    if name is None:
+        table = Table(title="model catalogue (`anibot models pull NAME`)")
+        for column in ("name", "slot", "format", "size", "licence", "installed", "summary"):
+            table.add_column(column, overflow="fold")
+        for entry in catalogue.entries:
+            there = installed_folder(settings.models_dir, entry).is_dir()
+            row = (entry.name, entry.slot, entry.format, megabytes(entry.total_size), entry.licence)
+            table.add_row(*row, "yes" if there else "", entry.summary)
+        out.print(table)
+        return
+    try:
+        entry = catalogue.get(name)
+    except UnknownModel as exc:
+        fail(str(exc.args[0]), code=2)
+    out.print(f"[bold]{entry.name}[/bold] ({entry.slot}, {entry.format}, {entry.licence}): {entry.homepage}")
+    if entry.summary:
+        out.print(entry.summary, markup=False)
+    files = Table()
+    for column in ("role", "file", "size", "sha256", "url"):
+        files.add_column(column, overflow="fold")
+    for file in entry.files:
+        digest = file.sha256 or "[red]not published (--allow-unverified)[/red]"
+        files.add_row(file.role, file.filename, megabytes(file.size), digest, file.pinned_url)
+    out.print(files)
+    out.print(f"thresholds: {entry.thresholds or '-'}; input size: {entry.input_size or '-'}", markup=False)
+    for what, where in entry.sources.items():
+        out.print(f"{what} from: {where}", markup=False)
