@@ -9,11 +9,8 @@ ANIBOT_BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, which it empties).
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -27,25 +24,11 @@ from core.kv import MemoryKV, RedisKV  # noqa: E402
 from core.service import AnalysisService  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.store import Store  # noqa: E402
-from core.synth import render_scene  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+from scripts.benchmarking import machine_line, pct, scenes, stage_medians, timed_analyses  # noqa: E402
 
 
 def line(label: str, values_ms: list[float]) -> str:
     return f"{label:<38} p50 {pct(values_ms, 50):8.1f} ms   p95 {pct(values_ms, 95):8.1f} ms   (n={len(values_ms)})"
-
-
-def scenes(n: int, seed: int) -> list[bytes]:
-    out = []
-    for i in range(n):
-        buffer = io.BytesIO()
-        render_scene(seed + i).image.save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
@@ -78,27 +61,17 @@ def main() -> None:
     store = Store.from_settings(settings)
     store.create_all()
     images = scenes(args.images, args.seed)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}; models in {settings.models_dir}"
-    )
+    print(machine_line(settings.models_dir))
 
     # --- in process -------------------------------------------------------------------------------
     service = AnalysisService(settings, MemoryKV(), store)
     started = time.perf_counter()
     service.analyze(scenes(1, args.seed - 1)[0], top_n=settings.top_n)
     print(f"model load + first image: {time.perf_counter() - started:.2f} s")
-    in_process = []
-    for data in images:
-        t0 = time.perf_counter()
-        service.analyze(data, top_n=settings.top_n, requester=Requester("bench"))
-        in_process.append((time.perf_counter() - t0) * 1000)
-    stages: dict[str, list[float]] = {}
-    for data in scenes(5, args.seed + 50_000):
-        for stage, ms in service.analyze(data, top_n=settings.top_n).result.timings_ms.items():
-            stages.setdefault(stage, []).append(ms)
+    timed = timed_analyses(service, images, settings.top_n)
+    in_process = [t.seconds * 1000 for t in timed]
     print(line("in-process analysis (cache miss)", in_process))
-    print("  per stage p50: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in stages.items()))
+    print("  per stage p50: " + ", ".join(f"{k} {ms:.1f} ms" for k, ms in stage_medians(timed).items()))
 
     # --- through Redis + one Celery worker ----------------------------------------------------------
     from workers.client import QueueClient
