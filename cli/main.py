@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ from cli.models_cmd import models_app
 from core.intake import IntakeError, read_image_file
 from core.jobs import Requester
 from core.logs import configure_logging
-from core.results import UNKNOWN, AnalysisResult
+from core.results import UNKNOWN, AnalysisResult, Box
 from core.settings import get_settings
 
 app = typer.Typer(
@@ -282,6 +283,76 @@ def worker(
     os.execvp(argv[0], argv)
 
 
+@dataclass(frozen=True)
+class DemoCase:
+    """A generated picture and its truth: head boxes and the name each head should get."""
+
+    path: Path
+    boxes: list[Box]
+    names: list[str]
+
+
+def _score_demo(cases: list[DemoCase], analyse_one, out: Path, title: str) -> None:  # type: ignore[no-untyped-def]
+    """Analyse every case, write annotated images and results.jsonl, print the table and the score."""
+    started = time.perf_counter()
+    found = correct = drawn = extra = 0
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultWriter(out / "results.jsonl") as writer:
+        for case in cases:
+            result, png, cached = analyse_one(case.path)
+            (out / f"{case.path.stem}.annotated.png").write_bytes(png)
+            writer.write(_record(case.path, result, cached=cached))
+            rows.append((case.path.name, result, ""))
+            # detections on no drawn head, and more detections on drawn heads than there are heads
+            on_a_head = sum(any(h.box.iou(b) >= 0.5 for b in case.boxes) for h in result.heads)
+            extra += len(result.heads) - on_a_head + max(0, on_a_head - len(case.boxes))
+            for box, name in zip(case.boxes, case.names, strict=True):
+                drawn += 1
+                match = max(result.heads, key=lambda h, b=box: h.box.iou(b), default=None)
+                if match is not None and match.box.iou(box) >= 0.5:
+                    found += 1
+                    correct += match.name == name
+    elapsed = time.perf_counter() - started
+    console.print(summary_table(rows))
+    console.print(
+        f"{title}: heads found {found}/{drawn}; correctly named {correct}/{drawn}; extra detections {extra}; "
+        f"{elapsed / max(1, len(cases)):.2f} s per image (the first includes model loading)."
+    )
+    console.print(f"Annotated images and results.jsonl are in {out}/")
+
+
+def _synthetic_cases(folder: Path, scenes: int, seed: int) -> list[DemoCase]:
+    from core.synth import CAST_BY_KEY, render_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i in range(scenes):
+        scene = render_scene(seed + i)
+        path = folder / f"scene-{seed + i}.png"
+        scene.image.save(path)
+        cases.append(DemoCase(path, [h.box for h in scene.heads],
+                              [CAST_BY_KEY[h.character].name for h in scene.heads]))
+    return cases
+
+
+def _real_face_cases(folder: Path, faces_dir: Path, scenes: int, seed: int) -> list[DemoCase]:
+    """Pictures with held-out (test-split) real faces pasted in; the gallery holds training-split references."""
+    from core.real_faces import compose_scene, display_name, load_face_splits, load_images
+
+    test = load_face_splits(faces_dir).test
+    faces = load_images(test)
+    labels = [i.label for i in test]
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i in range(scenes):
+        scene = compose_scene(seed + i, faces, drawn_share=0.0, face_labels=labels)
+        path = folder / f"faces-{seed + i}.png"
+        scene.image.save(path)
+        cases.append(DemoCase(path, [Box(*b) for b in scene.boxes], [display_name(n)[0] for n in scene.labels]))
+    return cases
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where scenes, annotated images and results go.")] = Path(
@@ -290,49 +361,18 @@ def demo(
     scenes: Annotated[int, typer.Option(min=1, max=200, help="How many scenes to generate.")] = 8,
     seed: Annotated[int, typer.Option(help="First scene seed.")] = 9_000_000,
 ) -> None:
-    """Build any missing starter model, generate sample scenes, analyse them, and score against the truth."""
+    """Build any missing starter model, generate sample scenes, analyse them, and score against the truth.
+
+    With a real face set (ANIBOT_FACES_DIR), also pictures with its held-out faces pasted in."""
     from cli.models_cmd import build_missing
-    from core.synth import CAST_BY_KEY, render_scene
 
     settings = get_settings()
     build_missing(settings)
-    scene_dir = out / "scenes"
-    scene_dir.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i in range(scenes):
-        scene = render_scene(seed + i)
-        path = scene_dir / f"scene-{seed + i}.png"
-        scene.image.save(path)
-        truth[path.name] = scene
-    started = time.perf_counter()
     analyse_one = _embedded_analyser(settings, top_n=settings.top_n)
-    found = correct = drawn = extra = 0
-    rows = []
-    with ResultWriter(out / "results.jsonl") as writer:
-        for name, scene in truth.items():
-            result, png, cached = analyse_one(scene_dir / name)
-            (out / f"{Path(name).stem}.annotated.png").write_bytes(png)
-            writer.write(_record(scene_dir / name, result, cached=cached))
-            rows.append((name, result, ""))
-            extra += sum(all(h.box.iou(t.box) < 0.5 for t in scene.heads) for h in result.heads)
-            extra += max(
-                0,
-                sum(any(h.box.iou(t.box) >= 0.5 for t in scene.heads) for h in result.heads)
-                - len(scene.heads),
-            )
-            for head in scene.heads:
-                drawn += 1
-                match = max(result.heads, key=lambda h: h.box.iou(head.box), default=None)
-                if match is not None and match.box.iou(head.box) >= 0.5:
-                    found += 1
-                    correct += match.name == CAST_BY_KEY[head.character].name
-    elapsed = time.perf_counter() - started
-    console.print(summary_table(rows))
-    console.print(
-        f"Heads found: {found}/{drawn}; correctly named: {correct}/{drawn}; extra detections: {extra}; "
-        f"{elapsed / len(truth):.2f} s per image (first includes model loading)."
-    )
-    console.print(f"Annotated images and results.jsonl are in {out}/")
+    _score_demo(_synthetic_cases(out / "scenes", scenes, seed), analyse_one, out, "Synthetic scenes")
+    if settings.faces_dir is not None:
+        cases = _real_face_cases(out / "faces" / "scenes", settings.faces_dir, scenes, seed)
+        _score_demo(cases, analyse_one, out / "faces", f"Held-out real faces ({settings.faces_dir.name})")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,19 @@ def test_refused_input_prints_its_message_and_exits_nonzero(tmp_path):
     assert "Traceback" not in done.stderr + done.stdout
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["status"] == "refused" and "image" in record["error"].lower()
+
+
+@pytest.mark.slow
+def test_demo_scores_synthetic_scenes_and_pasted_real_faces(model_env, face_set, tmp_path):
+    out = tmp_path / "demo"
+    done = run_cli(["demo", "--scenes", "2", "--out", str(out)], {**model_env, "ANIBOT_FACES_DIR": str(face_set)})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    synthetic = text.split("Synthetic scenes: heads found ")[1].split(";")[0]
+    found, drawn = map(int, synthetic.split("/"))
+    assert drawn >= 2 and found >= drawn - 1
+    assert "Held-out real faces (" in text
+    for folder in (out, out / "faces"):
+        lines = (folder / "results.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and all(json.loads(line)["heads"] is not None for line in lines)
+        assert len(list(folder.glob("*.annotated.png"))) == 2
