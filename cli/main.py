@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.eval_cmd import eval_app
+from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
 from core.intake import IntakeError, read_image_file
 from core.jobs import Requester
@@ -34,6 +35,8 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
+app.command()(bot)
+app.command()(api)
 console = Console(stderr=True)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 CSV_COLUMNS = [

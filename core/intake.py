@@ -89,7 +89,7 @@ def _human_pixels(n: int) -> str:
     return f"{n:,} pixels"
 
 
-def _too_many_bytes(n: int, max_bytes: int) -> ImageTooLarge:
+def too_many_bytes(n: int, max_bytes: int) -> ImageTooLarge:
     return ImageTooLarge(
         f"This file is too large ({_human_bytes(n)}); the limit is {_human_bytes(max_bytes)}.",
         f"{n} bytes > max_bytes={max_bytes}",
@@ -141,7 +141,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     """
     n_bytes = len(data)
     if n_bytes > max_bytes:
-        raise _too_many_bytes(n_bytes, max_bytes)
+        raise too_many_bytes(n_bytes, max_bytes)
     if n_bytes == 0:
         raise NotAnImage(detail="empty file")
     try:
@@ -191,7 +191,7 @@ def read_image_file(path: Path, *, max_bytes: int) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise NotAnImage(detail=f"not a regular file: {path}")
     if st.st_size > max_bytes:
-        raise _too_many_bytes(st.st_size, max_bytes)
+        raise too_many_bytes(st.st_size, max_bytes)
     with open(path, "rb") as f:
         return f.read(max_bytes + 1)  # bounded even if the file grows after the stat
 

@@ -19,6 +19,8 @@ from core.kv import KeyValue
 BLOB_PREFIX = "anibot:blob:"
 JOB_PREFIX = "anibot:job:"
 DONE_PREFIX = "anibot:jobdone:"
+RECENT_PREFIX = "anibot:jobs:"  # newest ids of each kind of job except analyses (there are too many)
+RECENT_KEEP = 200
 
 
 class JobStatus(StrEnum):
@@ -115,7 +117,19 @@ class JobStore:
             params=dict(params or {}),
         )
         self._save(job)
+        if kind != "analyze":
+            self.kv.push_recent(RECENT_PREFIX + kind, job.id.encode(), RECENT_KEEP, self.ttl_s)
         return job
+
+    def recent(self, kinds: list[str], limit: int = 10) -> list[Job]:
+        """The newest jobs of these kinds (not analyses), newest first; expired ones are skipped."""
+        found = []
+        for kind in kinds:
+            for raw in self.kv.recent(RECENT_PREFIX + kind, limit):
+                job = self.get(raw.decode())
+                if job is not None:
+                    found.append(job)
+        return sorted(found, key=lambda job: job.created_at, reverse=True)[:limit]
 
     def get(self, job_id: str) -> Job | None:
         raw = self.kv.get(JOB_PREFIX + job_id)

@@ -24,6 +24,10 @@ class KeyValue(Protocol):
 
     def incr(self, key: str) -> int: ...
 
+    def push_recent(self, key: str, value: bytes, keep: int, ttl_s: int) -> None: ...
+
+    def recent(self, key: str, limit: int) -> list[bytes]: ...
+
     def notify(self, channel: str, ttl_s: int) -> None:
         """Wake the waiters of ``channel`` (a done-signal that outlives a waiter arriving late)."""
         ...
@@ -65,6 +69,17 @@ class RedisKV:
     def incr(self, key: str) -> int:
         return int(self.client.incr(key))
 
+    def push_recent(self, key: str, value: bytes, keep: int, ttl_s: int) -> None:
+        """Prepend ``value`` to the list ``key`` and keep its ``keep`` newest entries."""
+        with self.client.pipeline() as pipe:
+            pipe.lpush(key, value)
+            pipe.ltrim(key, 0, keep - 1)
+            pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    def recent(self, key: str, limit: int) -> list[bytes]:
+        return list(self.client.lrange(key, 0, limit - 1))
+
     def notify(self, channel: str, ttl_s: int) -> None:
         # A list holding one token: BLPOP wakes a waiter at once; a late waiter still finds the token.
         with self.client.pipeline() as pipe:
@@ -83,6 +98,7 @@ class MemoryKV:
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
+        self._lists: dict[str, list[bytes]] = {}
         self._cond = threading.Condition()
 
     def _live(self, key: str) -> bytes | None:
@@ -121,6 +137,14 @@ class MemoryKV:
             value = int(self._live(key) or b"0") + 1
             self._data[key] = (str(value).encode(), float("inf"))
             return value
+
+    def push_recent(self, key: str, value: bytes, keep: int, ttl_s: int) -> None:
+        with self._cond:
+            self._lists[key] = [value, *self._lists.get(key, [])][:keep]
+
+    def recent(self, key: str, limit: int) -> list[bytes]:
+        with self._cond:
+            return self._lists.get(key, [])[:limit]
 
     def notify(self, channel: str, ttl_s: int) -> None:
         with self._cond:

@@ -90,7 +90,36 @@ class Settings(BaseSettings):
 
     # --- chat front-ends -----------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")
+    discord_admin_role: str = Field(
+        "", description="Discord role whose members may use the admin commands (besides ANIBOT_ADMIN_IDS)."
+    )
+    discord_guild_id: int | None = Field(
+        None, description="Register slash commands in this guild only (instant) instead of globally."
+    )
     telegram_token: SecretStr | None = Field(None, description="Telegram bot token.")
+    telegram_base_url: str = Field(
+        "https://api.telegram.org/bot", description="Telegram Bot API base URL (a self-hosted Bot API server)."
+    )
+    telegram_base_file_url: str = Field(
+        "https://api.telegram.org/file/bot", description="Telegram Bot API file download base URL."
+    )
+    admin_ids: str = Field(
+        "",
+        description="Bot admins, comma-separated: 'telegram:123,discord:456' (a bare id counts on every platform).",
+    )
+    rate_user_per_min: float = Field(6.0, gt=0, description="Analyses a user may ask for per minute (refill).")
+    rate_user_burst: int = Field(3, ge=1, description="Analyses a user may ask for at once (bucket size).")
+    rate_chat_per_min: float = Field(20.0, gt=0, description="Analyses per minute in one chat (refill).")
+    rate_chat_burst: int = Field(10, ge=1, description="Analyses at once in one chat (bucket size).")
+    max_images_per_message: int = Field(10, ge=1, le=20, description="Images answered per message or album.")
+    unavailable_after_s: float = Field(
+        8.0, gt=0, description="A job still queued this long with no worker alive is answered 'unavailable'."
+    )
+    api_host: str = Field("127.0.0.1", description="Address `anibot api` listens on.")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port `anibot api` listens on.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the REST API requires; empty = no authentication (keep it on loopback)."
+    )
 
     # --- logging ------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
@@ -100,6 +129,15 @@ class Settings(BaseSettings):
     test_task_delay_s: float = Field(
         0.0, ge=0.0, description="Testing only: sleep this long inside the analysis task before it runs."
     )
+
+    @property
+    def admin_id_set(self) -> frozenset[str]:
+        """Admin entries as 'platform:id' or bare ids (admins on every platform)."""
+        return frozenset(part.strip() for part in self.admin_ids.split(",") if part.strip())
+
+    def is_admin(self, platform: str, user_id: str) -> bool:
+        ids = self.admin_id_set
+        return str(user_id) in ids or f"{platform}:{user_id}" in ids
 
     @property
     def sqlalchemy_url(self) -> str:

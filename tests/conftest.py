@@ -186,3 +186,78 @@ def face_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for seed in seeds:
                 render_portrait(key, seed * 37 + index).save(folder / f"face_{seed}.png")
     return root
+
+
+# --- the front-ends' stack: one worker on every queue, shared by the bot and API tests ----------------------
+
+BOT_REDIS_URL = os.environ.get("ANIBOT_TEST_BOT_REDIS_URL", "redis://127.0.0.1:6379/14")
+IDLE_REDIS_URL = os.environ.get("ANIBOT_TEST_IDLE_REDIS_URL", "redis://127.0.0.1:6379/13")  # no worker here
+BOT_ADMINS = "telegram:1001,discord:1001,test:admin,api:admin"
+
+
+class BotStack:
+    """A real Redis database and a real Celery worker (gpu, cpu and train queues) with the built models.
+
+    Session-wide: tests keep apart by using their own chat and user ids (see ``fresh_id``)."""
+
+    def __init__(self, env: dict[str, str], worker: WorkerProcess) -> None:
+        self.env = env
+        self.worker = worker
+
+    def settings(self, **overrides: object):  # type: ignore[no-untyped-def]
+        from core.settings import Settings
+
+        values = {
+            "models_dir": Path(self.env["ANIBOT_MODELS_DIR"]),
+            "data_dir": Path(self.env["ANIBOT_DATA_DIR"]),
+            "database_url": self.env["ANIBOT_DATABASE_URL"],
+            "redis_url": self.env["ANIBOT_REDIS_URL"],
+            "admin_ids": BOT_ADMINS,
+            "unavailable_after_s": 2.0,
+            "job_wait_timeout_s": 90.0,
+        }
+        return Settings(**{**values, **overrides})
+
+    def layer(self, **overrides: object):  # type: ignore[no-untyped-def]
+        from bot.layer import CommandLayer
+
+        return CommandLayer.from_settings(self.settings(**overrides))
+
+
+def fresh_id() -> str:
+    """A chat or user id no other test uses (rate limits and locks are per chat and user)."""
+    return str(uuid.uuid4().int % 10**12)
+
+
+@pytest.fixture(scope="session")
+def bot_stack(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotStack]:
+    from core.kv import RedisKV
+
+    kv = RedisKV(BOT_REDIS_URL)
+    try:
+        kv.ping()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis not reachable at {BOT_REDIS_URL}: {exc}")
+    kv.client.flushdb()
+    root = tmp_path_factory.mktemp("bot-stack")
+    shutil.copy(built_models / "anibot.db", root / "anibot.db")
+    env = {
+        "ANIBOT_MODELS_DIR": str(built_models / "models"),
+        "ANIBOT_DATA_DIR": str(root),
+        "ANIBOT_DATABASE_URL": f"sqlite:///{root / 'anibot.db'}",
+        "ANIBOT_REDIS_URL": BOT_REDIS_URL,
+        "ANIBOT_LOG_LEVEL": "INFO",
+    }
+    worker = WorkerProcess(env, root / "worker.log", "gpu,cpu,train")
+    stack = BotStack(env, worker)
+    from workers.client import QueueClient
+
+    client = QueueClient(stack.settings())
+    if not wait_for(lambda: client.workers_for("gpu", timeout_s=0.5) > 0, 120, interval_s=0.5):
+        worker.stop()
+        raise RuntimeError("the bot-stack worker did not come up:\n" + worker.output()[-3000:])
+    yield stack
+    worker.stop()
+    kv.client.flushdb()

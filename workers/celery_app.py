@@ -17,6 +17,19 @@ from core.settings import Settings, get_settings
 
 QUEUES = ("gpu", "cpu", "train")
 ANALYZE_TASK = "anibot.analyze"
+CATALOG_TASK = "anibot.catalog.query"
+ADD_CHARACTER_TASK = "anibot.characters.add"
+REMOVE_CHARACTER_TASK = "anibot.characters.remove"
+RETRAIN_TASK = "anibot.retrain"
+TASK_MODULES = ("workers.tasks", "workers.admin_tasks", "workers.catalog_tasks")
+# every task's queue, by its registered name: senders and workers agree through this one table
+TASK_QUEUES = {
+    ANALYZE_TASK: "gpu",
+    CATALOG_TASK: "cpu",
+    ADD_CHARACTER_TASK: "train",
+    REMOVE_CHARACTER_TASK: "train",
+    RETRAIN_TASK: "train",
+}
 
 
 class ConfigurationError(RuntimeError):
@@ -56,7 +69,7 @@ def make_app(settings: Settings) -> Celery:
             f"ANIBOT_VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s}) must be longer than "
             f"ANIBOT_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}), or Redis redelivers tasks still running"
         )
-    app = Celery("anibot", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("anibot", broker=settings.redis_url, include=list(TASK_MODULES))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -64,7 +77,7 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,  # job state and results live in the job store (core.jobs), not in Celery
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="cpu",
-        task_routes={ANALYZE_TASK: {"queue": "gpu"}},
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(1, settings.task_time_limit_s - 5),
         worker_prefetch_multiplier=1,

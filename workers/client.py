@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 
@@ -17,7 +19,7 @@ from core.kv import RedisKV
 from core.result_cache import ResultCache
 from core.results import AnalysisResult
 from core.settings import Settings
-from workers.celery_app import ANALYZE_TASK, make_app
+from workers.celery_app import ANALYZE_TASK, TASK_QUEUES, make_app
 
 
 class JobFailed(RuntimeError):
@@ -69,8 +71,36 @@ class QueueClient:
                 cached=True,
                 result={"json": cached.result_blob, "annotated_png": cached.annotated_blob},
             )
-        self.app.send_task(ANALYZE_TASK, args=[job.id], queue="gpu")
+        self.app.send_task(ANALYZE_TASK, args=[job.id], queue=TASK_QUEUES[ANALYZE_TASK])
         return job
+
+    def submit_task(
+        self, task: str, kind: str, *, requester: Requester, params: dict[str, Any], images: Sequence[bytes] = ()
+    ) -> Job:
+        """Enqueue ``task`` for a new job of ``kind``; ``images`` go to the blob store, their hashes into
+        ``params["images"]`` (only ids and hashes travel in the message)."""
+        if images:
+            params = {**params, "images": [self.blobs.put(data) for data in images]}
+        job = self.jobs.create(kind, requester, params=params)
+        self.app.send_task(task, args=[job.id], queue=TASK_QUEUES[task])
+        return job
+
+    def result_json(self, job: Job) -> Any:
+        """The JSON result a finished job left in the blob store."""
+        if job.status is JobStatus.FAILED or job.result is None:
+            raise JobFailed(job)
+        return json.loads(self.blobs.get(job.result["json"]))
+
+    def backlog(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (kombu keeps a Redis list per queue and priority step)."""
+        client = self.kv.client
+        keys = [queue, *(f"{queue}\x06\x16{step}" for step in range(1, 10))]
+        return sum(int(client.llen(key)) for key in keys)
+
+    def workers_for(self, queue: str, timeout_s: float = 1.0) -> int:
+        """Live workers consuming ``queue`` (asks over the broker: takes up to ``timeout_s``)."""
+        replies = self.app.control.inspect(timeout=timeout_s).active_queues() or {}
+        return sum(any(q.get("name") == queue for q in queues) for queues in replies.values())
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         job = self.jobs.wait(job_id, timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s)

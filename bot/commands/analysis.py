@@ -1,0 +1,216 @@
+"""Analysing posted pictures: /identify (and auto-analysis, mentions, the context menu), the result buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING
+
+from bot.invocation import IncomingImage, Invocation, Progress
+from bot.registry import BUTTONS, COMMANDS
+from bot.render import analysis_reply, candidates_reply
+from bot.replies import Reply, ReplyKind
+from bot.waiting import Waited, WaitOutcome
+from core.chat_store import Correction
+from core.intake import IntakeError, too_many_bytes
+from core.jobs import Job, JobStatus
+from core.ratelimit import BucketRule
+from core.results import UNKNOWN, AnalysisResult
+from workers.celery_app import ANALYZE_TASK, TASK_QUEUES
+
+if TYPE_CHECKING:
+    from bot.layer import CommandLayer
+
+log = logging.getLogger(__name__)
+
+GPU_QUEUE = TASK_QUEUES[ANALYZE_TASK]
+UNAVAILABLE = "The picture service is unavailable right now (no worker is running). Please try again later."
+BUSY = "I'm very busy right now and could not finish your picture in time. Please try again in a few minutes."
+EXPIRED = "That answer has expired; post the picture again."
+
+
+def _refusal(text: str) -> Reply:
+    return Reply(kind=ReplyKind.REFUSAL, text=text)
+
+
+async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Reply | None:
+    s = layer.settings
+    rules = (
+        (f"user:{inv.platform}:{inv.user_id}", BucketRule(s.rate_user_per_min, s.rate_user_burst), "you"),
+        (
+            f"chat:{inv.platform}:{inv.chat_id}",
+            BucketRule(s.rate_chat_per_min, s.rate_chat_burst),
+            "this chat",
+        ),
+    )
+    for key, rule, who in rules:
+        decision = await layer.run_sync(layer.buckets.take, key, rule, cost)
+        if not decision.allowed:
+            log.info("rate limited (%s, %s)", key.split(":")[0], inv.where())
+            return _refusal(
+                f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}."
+            )
+    return None
+
+
+async def _fetch(layer: CommandLayer, image: IncomingImage) -> bytes:
+    """The bytes of a posted image; the announced size is checked before anything is downloaded."""
+    limit = layer.settings.max_image_bytes
+    if image.size is not None and image.size > limit:
+        raise too_many_bytes(image.size, limit)
+    data = await image.fetch()
+    if len(data) > limit:
+        raise too_many_bytes(len(data), limit)
+    return data
+
+
+async def _answer(layer: CommandLayer, inv: Invocation, waited: Waited) -> Reply:
+    from bot.layer import error_reply, new_error_id
+
+    job = waited.job
+    if waited.outcome is WaitOutcome.UNAVAILABLE:
+        return _refusal(UNAVAILABLE)
+    if waited.outcome is WaitOutcome.BUSY:
+        return _refusal(BUSY)
+    if job.status is JobStatus.FAILED:
+        error = job.error
+        if error is not None and error.code != "internal":
+            return _refusal(error.message)
+        error_id = new_error_id()
+        log.error("error %s: analysis job %s failed (%s)", error_id, job.id, inv.where())
+        return error_reply(error_id)
+    finished = await layer.run_sync(layer.client.fetch_analysis, job)
+    chat = await layer.chat_settings(inv)
+    return analysis_reply(
+        finished.result,
+        finished.annotated_png,
+        job_id=job.id,
+        chat=chat,
+        channel_nsfw=inv.channel_nsfw,
+        cached=job.cached,
+    )
+
+
+@COMMANDS.command(
+    "identify",
+    summary="Find and name the characters in a picture (attach it, or reply to it)",
+    usage="/identify (with an image attached, or as a reply to one)",
+    takes_images=True,
+)
+async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    limit = layer.settings.max_images_per_message
+    if not inv.images:
+        return [_refusal("Attach a picture to /identify, or reply to a picture with it.")]
+    images = inv.images[:limit]
+    limited = await _rate_limited(layer, inv, len(images))
+    if limited is not None:
+        return [limited]
+    slot = f"{inv.platform}:{inv.chat_id}:{inv.user_id}"
+    owner = uuid.uuid4().hex
+    if not await layer.run_sync(layer.active.acquire, slot, owner):
+        return [_refusal("I'm still working on your previous picture here; I'll answer it first.")]
+    try:
+        replies: list[Reply | None] = [None] * len(images)
+        jobs: list[tuple[int, Job]] = []
+        chat = await layer.chat_settings(inv)
+        top_n = max(layer.settings.top_n, chat.top_n)
+        for index, image in enumerate(images):
+            try:
+                data = await _fetch(layer, image)
+                job = await layer.run_sync(
+                    layer.client.submit_analysis, data, requester=inv.requester, top_n=top_n
+                )
+            except IntakeError as exc:
+                log.info("refused image %d: %s (%s)", index, exc.code, inv.where())
+                name = f"{image.filename}: " if len(images) > 1 else ""
+                replies[index] = _refusal(name + exc.user_message)
+                continue
+            jobs.append((index, job))
+        pending = [job for _, job in jobs if not job.status.finished]
+        if pending:
+            backlog = await layer.waiter.backlog(GPU_QUEUE)
+            ahead = max(0, backlog - len(pending))
+            text = "Looking at your picture…" if len(images) == 1 else f"Looking at {len(jobs)} pictures…"
+            if ahead:
+                text += f" ({ahead} ahead of you in the queue)"
+            await progress(Reply(kind=ReplyKind.ACK, text=text, data={"queue_position": ahead + 1}))
+        waited = await asyncio.gather(*(layer.waiter.wait(job, GPU_QUEUE) for _, job in jobs))
+        for (index, _), outcome in zip(jobs, waited, strict=True):
+            replies[index] = await _answer(layer, inv, outcome)
+        answered = [r for r in replies if r is not None]
+        if len(inv.images) > limit:
+            answered.append(
+                Reply(text=f"I answer at most {limit} pictures per message; the rest were skipped.")
+            )
+        return answered
+    finally:
+        await layer.run_sync(layer.active.release, slot, owner)
+
+
+async def _finished_result(layer: CommandLayer, job_id: str) -> AnalysisResult | None:
+    job = (
+        await layer.run_sync(layer.client.jobs.get, job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
+    )
+    if job is None or job.status is not JobStatus.DONE:
+        return None
+    try:
+        finished = await layer.run_sync(layer.client.fetch_analysis, job)
+    except KeyError:  # the result blob expired before the job record
+        return None
+    return finished.result
+
+
+@BUTTONS.action("more")
+async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    result = await _finished_result(layer, inv.args)
+    if result is None:
+        return [_refusal(EXPIRED)]
+    return [candidates_reply(result, inv.args)]
+
+
+@BUTTONS.action("wrong")
+async def wrong_name(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    result = await _finished_result(layer, inv.args)
+    if result is None or not result.heads:
+        return [_refusal(EXPIRED)]
+    await layer.ask(inv, "wrong", inv.args)
+    how = "Reply with the character's name."
+    if len(result.heads) > 1:
+        how = f"Reply with the head number and the name, e.g. `2 Hatsune Miku` (heads 1-{len(result.heads)})."
+    return [Reply(text=f"Who is it? {how}", expects_answer=True)]
+
+
+NAME_PATTERN = re.compile(r"^[^\x00-\x1f/\\<>@#`*_|]{1,100}$")
+
+
+@BUTTONS.action("wrong.answer")
+async def correction_given(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    job_id, _, answer = inv.args.partition(" ")
+    result = await _finished_result(layer, job_id)
+    if result is None or not result.heads:
+        return [_refusal(EXPIRED)]
+    match = re.fullmatch(r"\s*(?:#?(\d+)[\s:.)-]+)?(.+?)\s*", answer)
+    head = int(match.group(1)) if match and match.group(1) else 1
+    name = " ".join(match.group(2).split()) if match else ""
+    if not NAME_PATTERN.fullmatch(name):
+        return [_refusal("That doesn't look like a character name (1-100 characters, no markup).")]
+    if not 1 <= head <= len(result.heads):
+        return [_refusal(f"There is no head {head} in that picture (1-{len(result.heads)}).")]
+    predicted = result.heads[head - 1].name
+    await layer.run_sync(
+        layer.chats.add_correction,
+        Correction(
+            job_id=job_id,
+            head=head,
+            name=name,
+            platform=inv.platform,
+            chat_id=inv.chat_id,
+            user_id=inv.user_id,
+            predicted="" if predicted == UNKNOWN else predicted,
+            image_sha256=result.image_sha256,
+        ),
+    )
+    log.info("correction stored for job %s head %d (%s)", job_id, head, inv.where())
+    return [Reply(text=f"Thanks! Noted that #{head} is {name}; an admin will review it.")]

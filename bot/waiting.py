@@ -1,0 +1,91 @@
+"""Waiting for queued jobs from async code, without blocking the event loop and without hanging forever.
+
+Redis calls are short and run in worker threads; between polls the loop is free. A job that stays queued
+while no worker consumes its queue is given up ("unavailable") and marked failed, so that a worker started
+later does not answer a question nobody waits for any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.jobs import Job, JobError, JobStatus
+from workers.client import QueueClient
+
+log = logging.getLogger(__name__)
+
+
+class WaitOutcome(StrEnum):
+    FINISHED = "finished"  # done or failed: see job.status
+    UNAVAILABLE = "unavailable"  # no worker consumes the queue
+    BUSY = "busy"  # workers exist but the job did not finish in time
+
+
+@dataclass(frozen=True)
+class Waited:
+    outcome: WaitOutcome
+    job: Job
+
+
+class JobWaiter:
+    def __init__(
+        self,
+        client: QueueClient,
+        *,
+        unavailable_after_s: float,
+        timeout_s: float,
+        poll_s: float = 0.25,
+        max_poll_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.unavailable_after_s = unavailable_after_s
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.max_poll_s = max_poll_s
+        self._alive_cache: dict[str, tuple[float, int]] = {}
+
+    async def workers_for(self, queue: str) -> int:
+        """Live workers on ``queue``, remembered for a few seconds (asking takes up to a second)."""
+        cached = self._alive_cache.get(queue)
+        if cached and time.monotonic() - cached[0] < 10.0:
+            return cached[1]
+        count = await asyncio.to_thread(self.client.workers_for, queue)
+        self._alive_cache[queue] = (time.monotonic(), count)
+        return count
+
+    async def backlog(self, queue: str) -> int:
+        return await asyncio.to_thread(self.client.backlog, queue)
+
+    async def wait(self, job: Job, queue: str, *, timeout_s: float | None = None) -> Waited:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        delay = self.poll_s
+        checked_workers = False
+        while True:
+            current = await asyncio.to_thread(self.client.jobs.get, job.id)
+            if current is None:
+                failed = Job(**{**job.__dict__, "status": JobStatus.FAILED})
+                return Waited(WaitOutcome.FINISHED, failed)
+            job = current
+            if job.status.finished:
+                return Waited(WaitOutcome.FINISHED, job)
+            elapsed = time.monotonic() - started
+            if job.status is JobStatus.QUEUED and elapsed >= self.unavailable_after_s and not checked_workers:
+                checked_workers = True
+                if await self.workers_for(queue) == 0:
+                    log.warning("job %s: no worker consumes queue %s; answered unavailable", job.id, queue)
+                    job = await asyncio.to_thread(
+                        self.client.jobs.update,
+                        job,
+                        status=JobStatus.FAILED,
+                        error=JobError("unavailable", "No worker is running."),
+                    )
+                    return Waited(WaitOutcome.UNAVAILABLE, job)
+            if elapsed >= timeout:
+                return Waited(WaitOutcome.BUSY, job)
+            await asyncio.sleep(min(delay, max(0.0, timeout - elapsed)))
+            delay = min(delay * 1.5, self.max_poll_s)

@@ -1,0 +1,170 @@
+"""The command layer against the real queue: a real Redis and a real worker process (tests/conftest.BotStack)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+
+from bot.invocation import IncomingImage, Invocation
+from bot.replies import Reply, ReplyKind
+from core.chat_store import ChatKind
+from core.synth import render_scene
+from tests.conftest import fresh_id
+
+pytestmark = pytest.mark.queue
+
+
+def scene_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    render_scene(seed).image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image(data: bytes, size: int | None = None, name: str = "scene.png") -> IncomingImage:
+    async def fetch() -> bytes:
+        return data
+
+    return IncomingImage(fetch, size=len(data) if size is None else size, filename=name)
+
+
+def invocation(*images: IncomingImage, args: str = "", user: str | None = None, **kw: object) -> Invocation:
+    return Invocation(
+        platform="test", chat_id=fresh_id(), user_id=user or fresh_id(), args=args, images=images, **kw
+    )  # type: ignore[arg-type]
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_a_posted_picture_gets_the_annotated_answer(bot_stack):
+    layer = bot_stack.layer()
+    acks: list[Reply] = []
+
+    async def progress(reply: Reply) -> None:
+        acks.append(reply)
+
+    replies = run(layer.images(invocation(image(scene_bytes(4_400_001))), progress, explicit=True))
+    assert len(replies) == 1
+    reply = replies[0]
+    assert reply.kind is ReplyKind.RESULT, reply
+    assert reply.image is not None and reply.image.data.startswith(b"\x89PNG")
+    assert "head" in reply.title
+    assert any(f.name.startswith("#1") for f in reply.fields)
+    assert {b.action for b in reply.buttons} == {"more", "wrong"}
+    assert acks and acks[0].kind is ReplyKind.ACK
+
+
+def test_auto_analysis_follows_the_chat_setting(bot_stack):
+    layer = bot_stack.layer()
+    group = invocation(image(scene_bytes(4_400_002)), chat_kind=ChatKind.GROUP)
+    assert run(layer.images(group, explicit=False)) == []  # groups: off by default
+    admin_view = Invocation(**{**group.__dict__, "is_chat_admin": True, "args": "auto on"})
+    assert run(layer.command(admin_view, "settings"))[0].kind is ReplyKind.INFO
+    replies = run(layer.images(group, explicit=False))
+    assert replies and replies[0].kind is ReplyKind.RESULT
+
+
+def test_settings_are_for_chat_admins_in_groups(bot_stack):
+    layer = bot_stack.layer()
+    member = invocation(args="auto on", chat_kind=ChatKind.GROUP)
+    reply = run(layer.command(member, "settings"))[0]
+    assert reply.kind is ReplyKind.REFUSAL
+    assert not layer.chats.settings("test", member.chat_id).auto_analyze
+
+
+def test_refusals_for_bad_and_oversized_input(bot_stack):
+    layer = bot_stack.layer(max_image_bytes=64 * 1024)
+    fetched = []
+
+    async def never() -> bytes:
+        fetched.append(True)
+        return b""
+
+    big = IncomingImage(never, size=10 * 1024 * 1024, filename="big.png")
+    reply = run(layer.images(invocation(big), explicit=True))[0]
+    assert reply.kind is ReplyKind.REFUSAL and "too large" in reply.text
+    assert not fetched, "an oversized file was downloaded"
+    text = run(layer.images(invocation(image(b"hello, not a picture")), explicit=True))[0]
+    assert text.kind is ReplyKind.REFUSAL and "image" in text.text.lower()
+
+
+def test_rate_limit_and_one_job_per_user(bot_stack):
+    layer = bot_stack.layer(rate_user_burst=2, rate_user_per_min=1.0)
+    user = fresh_id()
+    data = scene_bytes(4_400_003)
+    first = run(layer.images(invocation(image(data), image(data), user=user), explicit=True))
+    assert all(r.kind is ReplyKind.RESULT for r in first)
+    limited = run(layer.images(invocation(image(data), user=user), explicit=True))[0]
+    assert limited.kind is ReplyKind.REFUSAL and "Slow down" in limited.text
+
+    busy_layer = bot_stack.layer()
+    inv = invocation(image(data))
+    slot = f"{inv.platform}:{inv.chat_id}:{inv.user_id}"
+    assert busy_layer.active.acquire(slot, "another-job")
+    reply = run(busy_layer.images(inv, explicit=True))[0]
+    assert reply.kind is ReplyKind.REFUSAL and "previous picture" in reply.text
+
+
+def test_more_candidates_and_a_correction_are_kept(bot_stack):
+    layer = bot_stack.layer()
+    inv = invocation(image(scene_bytes(4_400_004)))
+    result = run(layer.images(inv, explicit=True))[0]
+    more = next(b for b in result.buttons if b.action == "more")
+    listing = run(layer.button(inv, more.callback_data))[0]
+    assert listing.kind is ReplyKind.RESULT and listing.fields
+    assert sum(f.value.count("\n") + 1 for f in listing.fields) >= sum(
+        f.value.count("\n") + 1 for f in result.fields if f.name.startswith("#")
+    )
+    wrong = next(b for b in result.buttons if b.action == "wrong")
+    question = run(layer.button(inv, wrong.callback_data))[0]
+    assert question.expects_answer
+    answer = Invocation(**{**inv.__dict__, "args": "1 Hoshino Ai", "images": ()})
+    thanks = run(layer.text(answer))[0]
+    assert "Hoshino Ai" in thanks.text
+    stored = layer.chats.corrections(job_id=wrong.payload)
+    assert [(c.head, c.name, c.user_id) for c in stored] == [(1, "Hoshino Ai", inv.user_id)]
+    assert run(layer.text(answer)) == []  # the question was answered once
+
+
+def test_admin_commands_are_refused_to_others_and_logged(bot_stack, caplog):
+    layer = bot_stack.layer()
+    for name in ("addcharacter", "removecharacter", "characters", "retrain", "jobs"):
+        reply = run(layer.command(invocation(args="Someone"), name))[0]
+        assert reply.kind is ReplyKind.REFUSAL and "admins only" in reply.text, name
+    assert sum("refused /" in r.getMessage() for r in caplog.records) == 5
+    assert "/addcharacter" not in run(layer.command(invocation(), "help"))[0].text
+
+
+def test_an_admin_adds_and_removes_a_character_through_the_train_queue(bot_stack):
+    from core.synth import CAST, render_portrait
+
+    layer = bot_stack.layer()
+    refs = []
+    for seed in range(3):
+        buffer = io.BytesIO()
+        render_portrait(CAST[0].key, seed=9_000 + seed).save(buffer, format="PNG")
+        refs.append(image(buffer.getvalue(), name=f"ref{seed}.png"))
+    admin = invocation(*refs, args="Test Person | Test Series", user="admin")
+    reply = run(layer.command(admin, "addcharacter"))[0]
+    assert reply.kind is ReplyKind.RESULT, reply
+    assert reply.data["name"] == "Test Person" and reply.data["references"] == 3
+    listing = run(layer.command(invocation(user="admin"), "characters"))[0]
+    assert "Test Person (Test Series): 3 refs" in listing.text
+    jobs = run(layer.command(invocation(user="admin"), "jobs"))[0]
+    assert "characters.add" in jobs.text
+    removed = run(layer.command(invocation(args="Test Person | Test Series", user="admin"), "removecharacter"))[0]
+    assert removed.kind is ReplyKind.RESULT and "Removed" in removed.text
+    bad = run(layer.command(invocation(args="../etc/passwd", user="admin"), "removecharacter"))[0]
+    assert bad.kind is ReplyKind.REFUSAL
+
+
+def test_no_worker_means_unavailable_not_a_hang(bot_stack):
+    from tests.conftest import IDLE_REDIS_URL
+
+    layer = bot_stack.layer(redis_url=IDLE_REDIS_URL, unavailable_after_s=1.0)
+    layer.client.kv.client.flushdb()
+    reply = run(asyncio.wait_for(layer.images(invocation(image(scene_bytes(4_400_005))), explicit=True), 30))[0]
+    assert reply.kind is ReplyKind.REFUSAL and "unavailable" in reply.text
