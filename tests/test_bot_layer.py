@@ -155,7 +155,9 @@ def test_an_admin_adds_and_removes_a_character_through_the_train_queue(bot_stack
     assert "Test Person (Test Series): 3 refs" in listing.text
     jobs = run(layer.command(invocation(user="admin"), "jobs"))[0]
     assert "characters.add" in jobs.text
-    removed = run(layer.command(invocation(args="Test Person | Test Series", user="admin"), "removecharacter"))[0]
+    removed = run(
+        layer.command(invocation(args="Test Person | Test Series", user="admin"), "removecharacter")
+    )[0]
     assert removed.kind is ReplyKind.RESULT and "Removed" in removed.text
     bad = run(layer.command(invocation(args="../etc/passwd", user="admin"), "removecharacter"))[0]
     assert bad.kind is ReplyKind.REFUSAL
@@ -166,5 +168,7 @@ def test_no_worker_means_unavailable_not_a_hang(bot_stack):
 
     layer = bot_stack.layer(redis_url=IDLE_REDIS_URL, unavailable_after_s=1.0)
     layer.client.kv.client.flushdb()
-    reply = run(asyncio.wait_for(layer.images(invocation(image(scene_bytes(4_400_005))), explicit=True), 30))[0]
+    reply = run(asyncio.wait_for(layer.images(invocation(image(scene_bytes(4_400_005))), explicit=True), 30))[
+        0
+    ]
     assert reply.kind is ReplyKind.REFUSAL and "unavailable" in reply.text

@@ -47,7 +47,9 @@ def test_names_are_normalised(text, expected):
     assert split_name_and_series(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "../etc/passwd", "a/b", ".hidden", "x" * 101, "<script>", "snake_case"])
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "../etc/passwd", "a/b", ".hidden", "x" * 101, "<script>", "snake_case"]
+)
 def test_bad_names_are_refused(bad):
     with pytest.raises(BadName):
         normalise_name(bad)
@@ -56,7 +58,9 @@ def test_bad_names_are_refused(bad):
 def test_chat_settings_defaults_and_updates(tmp_path):
     chats = ChatStore(Store(f"sqlite:///{tmp_path / 'a.db'}"))
     assert chats.settings("telegram", "1") == ChatSettings()
-    assert ChatSettings().auto_analyze_in(ChatKind.PRIVATE) and not ChatSettings().auto_analyze_in(ChatKind.GROUP)
+    assert ChatSettings().auto_analyze_in(ChatKind.PRIVATE) and not ChatSettings().auto_analyze_in(
+        ChatKind.GROUP
+    )
     chats.update_settings("telegram", "1", auto_analyze=True, title_language=TitleLanguage.ENGLISH)
     chats.update_settings("telegram", "1", top_n=7)
     again = ChatStore(Store(f"sqlite:///{tmp_path / 'a.db'}")).settings("telegram", "1")
@@ -103,7 +107,16 @@ def test_every_command_is_declared_once_with_usage():
 
     names = [c.name for c in COMMANDS.all()]
     assert len(names) == len(set(names))
-    required = {"identify", "recommend", "anime", "help", "stats", "settings", "addcharacter", "removecharacter"}
+    required = {
+        "identify",
+        "recommend",
+        "anime",
+        "help",
+        "stats",
+        "settings",
+        "addcharacter",
+        "removecharacter",
+    }
     assert required | {"characters", "retrain", "jobs", "search", "fav"} <= set(names)
     admin = {c.name for c in COMMANDS.all() if c.permission is Permission.BOT_ADMIN}
     assert admin == {"addcharacter", "removecharacter", "characters", "retrain", "jobs"}

@@ -25,6 +25,11 @@ def imported_after(statement: str) -> set[str]:
         "import workers.celery_app, workers.tasks",  # the Celery parent process before it forks
         "import cli.main",
         "import bot",
+        "import bot.layer, bot.commands",  # the command layer every front-end shares
+        "import bot.discord.app",
+        "import bot.telegram.app",
+        "import bot.api.app",
+        "import workers.catalog_tasks, workers.admin_tasks",  # imported by the Celery parent too
     ],
 )
 def test_light_processes_do_not_import_model_libraries(statement):

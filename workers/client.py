@@ -75,7 +75,13 @@ class QueueClient:
         return job
 
     def submit_task(
-        self, task: str, kind: str, *, requester: Requester, params: dict[str, Any], images: Sequence[bytes] = ()
+        self,
+        task: str,
+        kind: str,
+        *,
+        requester: Requester,
+        params: dict[str, Any],
+        images: Sequence[bytes] = (),
     ) -> Job:
         """Enqueue ``task`` for a new job of ``kind``; ``images`` go to the blob store, their hashes into
         ``params["images"]`` (only ids and hashes travel in the message)."""
