@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from bot.invocation import Invocation, Progress, no_progress
 from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
-from bot.replies import Button, Reply, ReplyKind
+from bot.replies import Button, Reply, ReplyKind, refusal
 from bot.waiting import JobWaiter
 from core.chat_store import ChatStore
 from core.kv import RedisKV
@@ -38,10 +38,6 @@ def error_reply(error_id: str) -> Reply:
         text=f"Sorry, something went wrong on my side. If it keeps happening, tell an admin: error {error_id}.",
         error_id=error_id,
     )
-
-
-def refusal(text: str) -> Reply:
-    return Reply(kind=ReplyKind.REFUSAL, text=text)
 
 
 class CommandLayer:
@@ -85,7 +81,7 @@ class CommandLayer:
         """``/name args`` from ``inv``: permission-checked, then run; never raises."""
         spec = self.commands.get(name)
         if spec is None:
-            return [refusal(f"I don't know /{name}. /help lists what I can do.")]
+            return [refusal(f"I don't know /{name}. /help lists what I can do.", "unknown_command")]
         denied = self.denied(spec, inv)
         if denied is not None:
             return [denied]
@@ -108,7 +104,7 @@ class CommandLayer:
         action, payload = Button.parse(data)
         handler = self.buttons.get(action)
         if handler is None:
-            return [refusal("That button no longer works.")]
+            return [refusal("That button no longer works.", "expired")]
         pressed = Invocation(**{**inv.__dict__, "args": payload})
         return await self.guarded(inv, f"button {action}", lambda: handler(self, pressed, progress))
 
@@ -134,10 +130,10 @@ class CommandLayer:
     def denied(self, spec: Command, inv: Invocation) -> Reply | None:
         if spec.permission is Permission.BOT_ADMIN and not self.is_bot_admin(inv):
             log.warning("refused /%s to a non-admin (%s)", spec.name, inv.where())
-            return refusal(f"/{spec.name} is for bot admins only.")
+            return refusal(f"/{spec.name} is for bot admins only.", "forbidden")
         if spec.permission is Permission.CHAT_ADMIN and not inv.may_change_chat_settings:
             log.warning("refused /%s to a non-chat-admin (%s)", spec.name, inv.where())
-            return refusal(f"Only this chat's admins can use /{spec.name} here.")
+            return refusal(f"Only this chat's admins can use /{spec.name} here.", "forbidden")
         return None
 
     async def chat_settings(self, inv: Invocation):  # type: ignore[no-untyped-def]

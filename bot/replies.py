@@ -62,6 +62,9 @@ class Reply:
     buttons: tuple[Button, ...] = ()
     footer: str = ""
     error_id: str | None = None
+    code: str = (
+        ""  # machine-readable reason of a refusal (e.g. "too_large", "rate_limited"), for the REST API
+    )
     expects_answer: bool = False  # the next message of this user here answers it (Telegram: ForceReply)
     data: dict | None = field(default=None, compare=False)  # the structured answer, for the REST API
 
@@ -74,6 +77,11 @@ class Reply:
         if self.footer:
             parts.append(self.footer)
         return "\n\n".join(parts)
+
+
+def refusal(text: str, code: str = "refused") -> Reply:
+    """A short human answer to something we will not do; ``code`` tells programs why."""
+    return Reply(kind=ReplyKind.REFUSAL, text=text, code=code)
 
 
 def split_text(text: str, limit: int = CAPTION_LIMIT) -> list[str]:

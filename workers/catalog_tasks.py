@@ -49,7 +49,17 @@ def catalog_query(self: AnibotTask, job_id: str) -> str:
     if op not in OPERATIONS:
         jobs.update(job, status=JobStatus.FAILED, error=JobError("bad_request", f"Unknown operation {op!r}."))
         return "failed"
-    answer = OPERATIONS[op](catalog(), dict(job.params.get("kwargs") or {}))
+    try:
+        service = catalog()
+    except ImportError as exc:  # core.recommend (or its libraries) missing on this worker
+        log.error("catalogue unavailable on this worker: %s", exc)
+        jobs.update(
+            job,
+            status=JobStatus.FAILED,
+            error=JobError("not_available", "Anime recommendations are not available on this server yet."),
+        )
+        return "failed"
+    answer = OPERATIONS[op](service, dict(job.params.get("kwargs") or {}))
     blob = runtime.service().blobs.put(json.dumps(answer.to_dict(), ensure_ascii=False).encode())
     jobs.update(job, status=JobStatus.DONE, progress=1.0, result={"json": blob})
     return "done"

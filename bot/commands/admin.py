@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from bot.invocation import Invocation, Progress
 from bot.registry import COMMANDS, Permission
-from bot.replies import Reply, ReplyField, ReplyKind
+from bot.replies import Reply, ReplyField, ReplyKind, refusal
 from bot.waiting import WaitOutcome
 from core.intake import IntakeError
 from core.jobs import Job, JobStatus
@@ -24,10 +24,6 @@ MAX_REFERENCES = 20
 RETRAIN_TARGETS = ("identifier", "tagger", "detector")
 ADMIN_JOB_KINDS = ["characters.add", "characters.remove", "retrain"]
 ADMIN_WAIT_S = 60.0  # how long the command waits to report the outcome; /jobs shows it afterwards
-
-
-def _refusal(text: str) -> Reply:
-    return Reply(kind=ReplyKind.REFUSAL, text=text)
 
 
 async def _enqueue_and_report(
@@ -48,12 +44,17 @@ async def _enqueue_and_report(
     await progress(Reply(kind=ReplyKind.ACK, text=f"{queued_text} (job {job.id[:8]})"))
     waited = await layer.waiter.wait(job, TASK_QUEUES[task], timeout_s=ADMIN_WAIT_S)
     if waited.outcome is WaitOutcome.UNAVAILABLE:
-        return [_refusal("No training worker is running, so nothing was changed. Start one and try again.")]
+        return [
+            refusal(
+                "No training worker is running, so nothing was changed. Start one and try again.",
+                "unavailable",
+            )
+        ]
     if waited.outcome is WaitOutcome.BUSY:
         return [Reply(text=f"Still working on job {job.id[:8]}; /jobs shows how it goes.")]
     if waited.job.status is JobStatus.FAILED:
         error = waited.job.error
-        return [_refusal(error.message if error else "The job failed.")]
+        return [refusal(error.message if error else "The job failed.", error.code if error else "failed")]
     result = await layer.run_sync(layer.client.result_json, waited.job)
     return [Reply(kind=ReplyKind.RESULT, text=result.get("message", "Done."), data=result)]
 
@@ -72,17 +73,17 @@ async def add_character(layer: CommandLayer, inv: Invocation, progress: Progress
     try:
         name, series = split_name_and_series(inv.args)
     except BadName as exc:
-        return [_refusal(f"{exc} Usage: /addcharacter <name> [| series] with 1-{MAX_REFERENCES} pictures.")]
+        return [refusal(f"{exc} Usage: /addcharacter <name> [| series] with 1-{MAX_REFERENCES} pictures.")]
     if not inv.images:
-        return [_refusal(f"Attach 1-{MAX_REFERENCES} pictures of {name} (or reply to them).")]
+        return [refusal(f"Attach 1-{MAX_REFERENCES} pictures of {name} (or reply to them).")]
     if len(inv.images) > MAX_REFERENCES:
-        return [_refusal(f"At most {MAX_REFERENCES} reference pictures at once.")]
+        return [refusal(f"At most {MAX_REFERENCES} reference pictures at once.")]
     images: list[bytes] = []
     for image in inv.images:
         try:
             images.append(await _fetch(layer, image))
         except IntakeError as exc:
-            return [_refusal(f"{image.filename}: {exc.user_message} Nothing was added.")]
+            return [refusal(f"{image.filename}: {exc.user_message} Nothing was added.")]
     return await _enqueue_and_report(
         layer,
         inv,
@@ -106,7 +107,7 @@ async def remove_character(layer: CommandLayer, inv: Invocation, progress: Progr
     try:
         name, series = split_name_and_series(inv.args)
     except BadName as exc:
-        return [_refusal(f"{exc} Usage: /removecharacter <name> [| series]")]
+        return [refusal(f"{exc} Usage: /removecharacter <name> [| series]")]
     return await _enqueue_and_report(
         layer,
         inv,
@@ -148,7 +149,7 @@ async def characters(layer: CommandLayer, inv: Invocation, progress: Progress) -
 async def retrain(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     target = (inv.args.strip() or "identifier").lower()
     if target not in RETRAIN_TARGETS:
-        return [_refusal(f"Usage: /retrain [{'|'.join(RETRAIN_TARGETS)}]")]
+        return [refusal(f"Usage: /retrain [{'|'.join(RETRAIN_TARGETS)}]")]
     return await _enqueue_and_report(
         layer,
         inv,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from bot.invocation import IncomingImage, Invocation, Progress
 from bot.registry import BUTTONS, COMMANDS
 from bot.render import analysis_reply, candidates_reply
-from bot.replies import Reply, ReplyKind
+from bot.replies import Reply, ReplyKind, refusal
 from bot.waiting import Waited, WaitOutcome
 from core.chat_store import Correction
 from core.intake import IntakeError, too_many_bytes
@@ -31,10 +31,6 @@ BUSY = "I'm very busy right now and could not finish your picture in time. Pleas
 EXPIRED = "That answer has expired; post the picture again."
 
 
-def _refusal(text: str) -> Reply:
-    return Reply(kind=ReplyKind.REFUSAL, text=text)
-
-
 async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Reply | None:
     s = layer.settings
     rules = (
@@ -49,8 +45,9 @@ async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Repl
         decision = await layer.run_sync(layer.buckets.take, key, rule, cost)
         if not decision.allowed:
             log.info("rate limited (%s, %s)", key.split(":")[0], inv.where())
-            return _refusal(
-                f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}."
+            return refusal(
+                f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}.",
+                "rate_limited",
             )
     return None
 
@@ -71,13 +68,13 @@ async def _answer(layer: CommandLayer, inv: Invocation, waited: Waited) -> Reply
 
     job = waited.job
     if waited.outcome is WaitOutcome.UNAVAILABLE:
-        return _refusal(UNAVAILABLE)
+        return refusal(UNAVAILABLE, "unavailable")
     if waited.outcome is WaitOutcome.BUSY:
-        return _refusal(BUSY)
+        return refusal(BUSY, "busy")
     if job.status is JobStatus.FAILED:
         error = job.error
         if error is not None and error.code != "internal":
-            return _refusal(error.message)
+            return refusal(error.message, error.code)
         error_id = new_error_id()
         log.error("error %s: analysis job %s failed (%s)", error_id, job.id, inv.where())
         return error_reply(error_id)
@@ -102,7 +99,7 @@ async def _answer(layer: CommandLayer, inv: Invocation, waited: Waited) -> Reply
 async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     limit = layer.settings.max_images_per_message
     if not inv.images:
-        return [_refusal("Attach a picture to /identify, or reply to a picture with it.")]
+        return [refusal("Attach a picture to /identify, or reply to a picture with it.", "no_image")]
     images = inv.images[:limit]
     limited = await _rate_limited(layer, inv, len(images))
     if limited is not None:
@@ -110,7 +107,9 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
     slot = f"{inv.platform}:{inv.chat_id}:{inv.user_id}"
     owner = uuid.uuid4().hex
     if not await layer.run_sync(layer.active.acquire, slot, owner):
-        return [_refusal("I'm still working on your previous picture here; I'll answer it first.")]
+        return [
+            refusal("I'm still working on your previous picture here; I'll answer it first.", "job_running")
+        ]
     try:
         replies: list[Reply | None] = [None] * len(images)
         jobs: list[tuple[int, Job]] = []
@@ -125,7 +124,7 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
             except IntakeError as exc:
                 log.info("refused image %d: %s (%s)", index, exc.code, inv.where())
                 name = f"{image.filename}: " if len(images) > 1 else ""
-                replies[index] = _refusal(name + exc.user_message)
+                replies[index] = refusal(name + exc.user_message, exc.code)
                 continue
             jobs.append((index, job))
         pending = [job for _, job in jobs if not job.status.finished]
@@ -166,7 +165,7 @@ async def _finished_result(layer: CommandLayer, job_id: str) -> AnalysisResult |
 async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     result = await _finished_result(layer, inv.args)
     if result is None:
-        return [_refusal(EXPIRED)]
+        return [refusal(EXPIRED, "expired")]
     return [candidates_reply(result, inv.args)]
 
 
@@ -174,7 +173,7 @@ async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progre
 async def wrong_name(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     result = await _finished_result(layer, inv.args)
     if result is None or not result.heads:
-        return [_refusal(EXPIRED)]
+        return [refusal(EXPIRED, "expired")]
     await layer.ask(inv, "wrong", inv.args)
     how = "Reply with the character's name."
     if len(result.heads) > 1:
@@ -190,14 +189,14 @@ async def correction_given(layer: CommandLayer, inv: Invocation, progress: Progr
     job_id, _, answer = inv.args.partition(" ")
     result = await _finished_result(layer, job_id)
     if result is None or not result.heads:
-        return [_refusal(EXPIRED)]
+        return [refusal(EXPIRED, "expired")]
     match = re.fullmatch(r"\s*(?:#?(\d+)[\s:.)-]+)?(.+?)\s*", answer)
     head = int(match.group(1)) if match and match.group(1) else 1
     name = " ".join(match.group(2).split()) if match else ""
     if not NAME_PATTERN.fullmatch(name):
-        return [_refusal("That doesn't look like a character name (1-100 characters, no markup).")]
+        return [refusal("That doesn't look like a character name (1-100 characters, no markup).", "bad_name")]
     if not 1 <= head <= len(result.heads):
-        return [_refusal(f"There is no head {head} in that picture (1-{len(result.heads)}).")]
+        return [refusal(f"There is no head {head} in that picture (1-{len(result.heads)}).")]
     predicted = result.heads[head - 1].name
     await layer.run_sync(
         layer.chats.add_correction,

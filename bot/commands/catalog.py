@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.invocation import Invocation, Progress
 from bot.registry import BUTTONS, COMMANDS
-from bot.replies import Button, Reply, ReplyField, ReplyKind
+from bot.replies import Button, Reply, ReplyField, ReplyKind, refusal
 from bot.waiting import WaitOutcome
 from core.chat_store import ChatSettings, TitleLanguage
 from core.jobs import JobStatus
@@ -21,10 +21,6 @@ QUERY_PREFIX = "anibot:query:"  # a long title behind a short button payload
 QUERY_TTL_S = 24 * 3600
 SYNOPSIS_CHARS = 400
 CATALOG_WAIT_S = 30.0
-
-
-def _refusal(text: str) -> Reply:
-    return Reply(kind=ReplyKind.REFUSAL, text=text)
 
 
 async def ask_catalog(layer: CommandLayer, inv: Invocation, op: str, **kwargs: Any) -> dict | Reply:
@@ -41,13 +37,13 @@ async def ask_catalog(layer: CommandLayer, inv: Invocation, op: str, **kwargs: A
     )
     waited = await layer.waiter.wait(job, TASK_QUEUES[CATALOG_TASK], timeout_s=CATALOG_WAIT_S)
     if waited.outcome is WaitOutcome.UNAVAILABLE:
-        return _refusal(UNAVAILABLE)
+        return refusal(UNAVAILABLE, "unavailable")
     if waited.outcome is WaitOutcome.BUSY:
-        return _refusal(BUSY)
+        return refusal(BUSY, "busy")
     if waited.job.status is JobStatus.FAILED:
         error = waited.job.error
         if error is not None and error.code != "internal":
-            return _refusal(error.message)
+            return refusal(error.message, error.code)
         return error_reply(new_error_id())
     return await layer.run_sync(layer.client.result_json, waited.job)
 
@@ -68,10 +64,11 @@ def _not_matched(answer: dict, query: str) -> Reply | None:
     if suggestions:
         return Reply(
             kind=ReplyKind.REFUSAL,
+            code="ambiguous",
             text=f"Which one did you mean by “{query}”?\n" + "\n".join(f"• {s}" for s in suggestions[:8]),
             data=answer,
         )
-    return Reply(kind=ReplyKind.REFUSAL, text=answer.get("message") or f"I found no anime called “{query}”.")
+    return refusal(answer.get("message") or f"I found no anime called “{query}”.", "not_found")
 
 
 async def _remember_query(layer: CommandLayer, query: str) -> str:
@@ -148,7 +145,7 @@ async def recommend_more(layer: CommandLayer, inv: Invocation, progress: Progres
     offset_text, _, key = inv.args.partition(":")
     raw = await layer.run_sync(layer.kv.get, QUERY_PREFIX + key)
     if raw is None or not offset_text.isdigit():
-        return [_refusal("That list has expired; ask /recommend again.")]
+        return [refusal("That list has expired; ask /recommend again.")]
     return await _recommend_page(layer, inv, raw.decode() or None, int(offset_text))
 
 
@@ -156,13 +153,13 @@ async def recommend_more(layer: CommandLayer, inv: Invocation, progress: Progres
 async def anime(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     query = inv.args.strip()
     if not query:
-        return [_refusal("Usage: /anime <title>")]
+        return [refusal("Usage: /anime <title>")]
     answer = await ask_catalog(layer, inv, "details", title=query)
     if isinstance(answer, Reply):
         return [answer]
     item = answer.get("anime")
     if not item:
-        return [_not_matched(answer, query) or _refusal(f"I found no anime called “{query}”.")]
+        return [_not_matched(answer, query) or refusal(f"I found no anime called “{query}”.")]
     chat: ChatSettings = await layer.chat_settings(inv)
     facts = [
         ("Score", f"{item['score']:.2f}" if item.get("score") else ""),
@@ -208,7 +205,7 @@ async def anime(layer: CommandLayer, inv: Invocation, progress: Progress) -> lis
 async def search(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     query = inv.args.strip()
     if not query:
-        return [_refusal("Usage: /search [name] [genre:Action] [type:TV]")]
+        return [refusal("Usage: /search [name] [genre:Action] [type:TV]")]
     answer = await ask_catalog(layer, inv, "search", query=query)
     if isinstance(answer, Reply):
         return [answer]
@@ -237,7 +234,7 @@ async def favourites(layer: CommandLayer, inv: Invocation, progress: Progress) -
     op, _, title = inv.args.strip().partition(" ")
     op = op.lower() or "list"
     if op not in FAV_OPS or (op != "list" and not title.strip()):
-        return [_refusal("Usage: /fav add <title>, /fav remove <title> or /fav list")]
+        return [refusal("Usage: /fav add <title>, /fav remove <title> or /fav list")]
     answer = await ask_catalog(
         layer,
         inv,

@@ -1,0 +1,241 @@
+"""The OpenAPI 3.1 description of the REST API (served at /v1/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "examples": ["not_an_image", "too_large", "rate_limited"]},
+                "message": {"type": "string"},
+                "error_id": {"type": "string", "description": "Quote it to an admin: it is in the logs."},
+            },
+        }
+    },
+}
+CANDIDATE = {
+    "type": "object",
+    "required": ["name", "series", "confidence", "similarity"],
+    "properties": {
+        "name": {"type": "string"},
+        "series": {"type": "string"},
+        "confidence": {"type": "number"},
+        "similarity": {"type": "number"},
+    },
+}
+HEAD = {
+    "type": "object",
+    "required": ["box", "name", "confidence", "candidates"],
+    "properties": {
+        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+        "detection_score": {"type": "number"},
+        "name": {"type": "string", "description": "a character name, or 'unknown'"},
+        "confidence": {"type": "number"},
+        "candidates": {"type": "array", "items": {"$ref": "#/components/schemas/Candidate"}},
+    },
+}
+RESULT = {
+    "type": "object",
+    "required": ["image_sha256", "width", "height", "heads", "tags", "rating", "caption"],
+    "properties": {
+        "image_sha256": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "heads": {"type": "array", "items": {"$ref": "#/components/schemas/Head"}},
+        "tags": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "score": {"type": "number"},
+                    "category": {"type": "string"},
+                },
+            },
+        },
+        "rating": {"type": ["string", "null"]},
+        "caption": {"type": ["string", "null"]},
+        "degraded": {"type": "array"},
+    },
+}
+ANALYSIS = {
+    "type": "object",
+    "required": ["job_id", "result", "annotated_url"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "cached": {"type": "boolean"},
+        "result": {"$ref": "#/components/schemas/AnalysisResult"},
+        "annotated_url": {"type": "string"},
+    },
+}
+JOB = {
+    "type": "object",
+    "required": ["id", "kind", "status", "progress", "created_at", "updated_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "progress": {"type": "number"},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+        "error": {"type": ["object", "null"]},
+        "result": {"description": "the job's JSON result when done (an AnalysisResult for analyses)"},
+        "annotated_url": {"type": "string"},
+    },
+}
+CATALOG_ANSWER = {"type": "object", "description": "the catalogue's answer (core.recommend.answers)"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _query(name: str, description: str, *, required: bool = False, kind: str = "string") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": kind},
+    }
+
+
+SECURITY = [{"bearer": []}]
+
+
+def openapi_document(*, auth: bool) -> dict[str, Any]:
+    security = SECURITY if auth else []
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "anibot",
+            "version": "1",
+            "description": "Find, identify, tag and caption anime characters; recommend anime.",
+        },
+        "components": {
+            "schemas": {
+                "Error": ERROR,
+                "Candidate": CANDIDATE,
+                "Head": HEAD,
+                "AnalysisResult": RESULT,
+                "Analysis": ANALYSIS,
+                "Job": JOB,
+                "CatalogAnswer": CATALOG_ANSWER,
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": security,
+        "paths": {
+            "/v1/analyze": {
+                "post": {
+                    "summary": "Analyse a picture: heads with names and candidates, tags, rating, caption",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {"type": "string", "format": "binary"},
+                                        "top_n": {"type": "integer", "minimum": 1, "maximum": 50},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("the analysis", "Analysis"),
+                        "400": _error("not an image, broken, unsupported format, or no image part"),
+                        "401": _error("missing or wrong bearer token"),
+                        "413": _error("the file is too large"),
+                        "429": _error("rate limited (see Retry-After) or a job of yours is still running"),
+                        "500": _error("internal error (with error_id)"),
+                        "503": _error("no worker running, or too busy"),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job's status, progress and result",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": _json("the job", "Job"), "404": _error("no such job (or expired)")},
+                }
+            },
+            "/v1/jobs/{job_id}/annotated.png": {
+                "get": {
+                    "summary": "The annotated picture of a finished analysis",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "PNG", "content": {"image/png": {}}},
+                        "404": _error("no such job, not an analysis, not finished, or expired"),
+                    },
+                }
+            },
+            "/v1/recommend": {
+                "get": {
+                    "summary": "Anime like a title",
+                    "parameters": [_query("title", "an anime title (fuzzy)", required=True)],
+                    "responses": {
+                        "200": _json("recommendations", "CatalogAnswer"),
+                        "400": _error("no title"),
+                        "404": _error("no such anime (with suggestions when ambiguous)"),
+                        "503": _error("no worker running"),
+                    },
+                }
+            },
+            "/v1/anime": {
+                "get": {
+                    "summary": "Details of an anime",
+                    "parameters": [_query("title", "an anime title (fuzzy)", required=True)],
+                    "responses": {
+                        "200": _json("the anime", "CatalogAnswer"),
+                        "400": _error("no title"),
+                        "404": _error("no such anime"),
+                        "503": _error("no worker running"),
+                    },
+                }
+            },
+            "/v1/health": {
+                "get": {
+                    "summary": "Redis reachable and workers alive per queue",
+                    "security": [],
+                    "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}},
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "OpenAPI"}},
+                }
+            },
+            "/v1/docs": {
+                "get": {
+                    "summary": "A page listing the routes",
+                    "security": [],
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
+        },
+    }
