@@ -92,13 +92,19 @@ class CommandLayer:
     ) -> list[Reply]:
         """Images posted: ``explicit`` when the user asked (mention, reply, /identify, context menu); otherwise
         answered only where the chat has auto-analysis on (an empty list means: stay quiet)."""
-        if not explicit:
-            chat = await self.chat_settings(inv)
-            if not chat.auto_analyze_in(inv.chat_kind):
-                return []
+        if not await self.answers_images(inv, explicit=explicit):
+            return []
         spec = self.commands.get("identify")
         assert spec is not None
         return await self.guarded(inv, "images", lambda: spec.handler(self, inv, progress))
+
+    async def answers_images(self, inv: Invocation, *, explicit: bool) -> bool:
+        """Whether :meth:`images` will answer: asked for, or auto-analysis is on in this chat (front-ends use it
+        to acknowledge at once only what will be answered)."""
+        if explicit:
+            return True
+        chat = await self.chat_settings(inv)
+        return chat.auto_analyze_in(inv.chat_kind)
 
     async def button(self, inv: Invocation, data: str, progress: Progress = no_progress) -> list[Reply]:
         action, payload = Button.parse(data)

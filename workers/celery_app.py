@@ -10,7 +10,7 @@ import os
 import sys
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
@@ -75,7 +75,8 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,  # job state and results live in the job store (core.jobs), not in Celery
-        task_queues=[Queue(name) for name in QUEUES],
+        # one direct exchange per queue: a task sent to "gpu" lands in the gpu queue only
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="cpu",
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         task_time_limit=settings.task_time_limit_s,
