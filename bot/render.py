@@ -72,7 +72,7 @@ def analysis_reply(
         image=ReplyImage(annotated_png, f"anibot-{result.image_sha256[:12]}.png", spoiler=spoiler),
         buttons=buttons,
         footer=f"job {job_id[:8]}" + (" · cached" if cached else ""),
-        data={"job_id": job_id, "result": result.to_dict()},
+        data={"job_id": job_id, "result": result.to_dict(), "cached": cached},
     )
 
 

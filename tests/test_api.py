@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from jsonschema.validators import Draft202012Validator
 
 from bot.api.app import build_app
 from bot.api.openapi import openapi_document
+from bot.replies import Button, Reply, ReplyKind
+from core.jobs import Requester
 from core.synth import render_scene
 
 pytestmark = pytest.mark.queue
+
+# every test but the rate-limit one gets room: they share the client address 127.0.0.1 and the chat "api"
+ROOMY = {
+    "rate_user_burst": 100,
+    "rate_user_per_min": 600.0,
+    "rate_chat_burst": 100,
+    "rate_chat_per_min": 600.0,
+}
+SMALL_LIMIT = 200_000
 
 
 def scene_png(seed: int) -> bytes:
@@ -25,11 +39,13 @@ def scene_png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def with_client(stack, test: Callable[[TestClient], Awaitable[None]], **overrides: Any) -> None:  # type: ignore[no-untyped-def]
+def with_client(stack, test: Callable[[TestClient, Any], Awaitable[None]], **overrides: Any) -> None:  # type: ignore[no-untyped-def]
+    """Run ``test(client, layer)`` against the app over ``stack.layer(**ROOMY, **overrides)``."""
+
     async def main() -> None:
-        layer = stack.layer(**overrides)
+        layer = stack.layer(**{**ROOMY, **overrides})
         async with TestClient(TestServer(build_app(layer.settings, layer))) as client:
-            await test(client)
+            await test(client, layer)
 
     asyncio.run(main())
 
@@ -47,95 +63,283 @@ def validate(body: Any, path: str, method: str, status: int) -> None:
     document = openapi_document(auth=False)
     content = document["paths"][path][method]["responses"][str(status)]["content"]["application/json"]
     schema = {**content["schema"], "components": document["components"]}
-    jsonschema.validate(body, schema)
+    jsonschema.validate(body, schema, cls=Draft202012Validator)
+
+
+async def expect_error(
+    response: aiohttp.ClientResponse, status: int, code: str, path: str, method: str
+) -> dict:
+    assert response.status == status, await response.text()
+    body = await response.json()
+    validate(body, path, method, status)
+    assert body["error"]["code"] == code, body
+    return body
 
 
 def test_analyze_then_fetch_the_job_and_the_annotated_picture(bot_stack):
-    async def test(client: TestClient) -> None:
-        response = await client.post("/v1/analyze", data=form(scene_png(5_500_001), top_n="2"))
+    async def test(client: TestClient, layer: Any) -> None:
+        png = scene_png(5_500_001)
+        response = await client.post("/v1/analyze", data=form(png, top_n="2"))
         assert response.status == 200, await response.text()
         body = await response.json()
         validate(body, "/v1/analyze", "post", 200)
         assert body["result"]["heads"], body
+        assert body["result"]["image_sha256"] == hashlib.sha256(png).hexdigest()
         assert all(len(h["candidates"]) <= 2 for h in body["result"]["heads"])
+        assert body["annotated_url"] == f"/v1/jobs/{body['job_id']}/annotated.png"
+
         job = await client.get(f"/v1/jobs/{body['job_id']}")
         assert job.status == 200
         job_body = await job.json()
         validate(job_body, "/v1/jobs/{job_id}", "get", 200)
-        assert (
-            job_body["status"] == "done"
-            and job_body["result"]["image_sha256"] == body["result"]["image_sha256"]
-        )
-        png = await client.get(body["annotated_url"])
-        assert png.status == 200 and (await png.read()).startswith(b"\x89PNG")
+        assert job_body["status"] == "done" and job_body["progress"] == 1.0
+        assert job_body["result"]["image_sha256"] == body["result"]["image_sha256"]
+        assert job_body["annotated_url"] == body["annotated_url"]
+
+        annotated = await client.get(body["annotated_url"])
+        assert annotated.status == 200 and annotated.content_type == "image/png"
+        assert (await annotated.read()).startswith(b"\x89PNG")
+
+        again = await (await client.post("/v1/analyze", data=form(png))).json()
+        assert again["cached"] is True and again["job_id"] != body["job_id"]
 
     with_client(bot_stack, test)
 
 
 def test_refusals_are_json_with_codes(bot_stack):
-    async def test(client: TestClient) -> None:
-        bad = await client.post("/v1/analyze", data=form(b"this is text, not a picture"))
-        assert bad.status == 400
-        body = await bad.json()
-        validate(body, "/v1/analyze", "post", 400)
-        assert body["error"]["code"] == "not_an_image"
-        big = await client.post("/v1/analyze", data=form(b"\x89PNG" + b"0" * 300_000))
-        assert big.status == 413 and (await big.json())["error"]["code"] == "too_large"
-        missing = await client.post("/v1/analyze", data=aiohttp.FormData({"top_n": "3"}))
-        assert missing.status == 400 and (await missing.json())["error"]["code"] == "no_image"
+    async def test(client: TestClient, layer: Any) -> None:
+        path = "/v1/analyze"
+        await expect_error(
+            await client.post(path, data=form(b"this is text, not a picture")),
+            400,
+            "not_an_image",
+            path,
+            "post",
+        )
+        missing = await client.post(path, data=aiohttp.FormData({"top_n": "3"}))
+        await expect_error(missing, 400, "no_image", path, "post")
+        bad_top_n = await client.post(path, data=form(scene_png(5_500_003), top_n="many"))
+        await expect_error(bad_top_n, 400, "bad_request", path, "post")
         unknown = await client.get("/v1/jobs/0123456789abcdef0123456789abcdef")
-        assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_found"
+        await expect_error(unknown, 404, "not_found", "/v1/jobs/{job_id}", "get")
+        no_png = await client.get("/v1/jobs/0123456789abcdef0123456789abcdef/annotated.png")
+        await expect_error(no_png, 404, "not_found", "/v1/jobs/{job_id}/annotated.png", "get")
+        # a chat's job is not the API's to show, even by its id
+        chat_job = await asyncio.to_thread(
+            layer.client.jobs.create, "analyze", Requester("telegram", "1", "2"), {"image": "x"}
+        )
+        await expect_error(
+            await client.get(f"/v1/jobs/{chat_job.id}"), 404, "not_found", "/v1/jobs/{job_id}", "get"
+        )
+        nowhere = await client.get("/v1/nowhere")
+        assert nowhere.status == 404 and (await nowhere.json())["error"]["code"] == "not_found"
+        wrong_method = await client.get(path)
+        assert wrong_method.status == 405 and "error" in await wrong_method.json()
 
-    with_client(bot_stack, test, max_image_bytes=200_000)
+    with_client(bot_stack, test)
+
+
+def test_too_large_is_refused_before_the_worker_sees_it(bot_stack):
+    async def test(client: TestClient, layer: Any) -> None:
+        path = "/v1/analyze"
+        far_too_big = b"\x89PNG" + uuid.uuid4().bytes + b"0" * 400_000  # refused on Content-Length
+        just_too_big = b"\x89PNG" + uuid.uuid4().bytes + b"1" * (SMALL_LIMIT + 10_000)  # refused while read
+        for payload in (far_too_big, just_too_big):
+            await expect_error(await client.post(path, data=form(payload)), 413, "too_large", path, "post")
+        # a chunked upload announces no length: counted as it arrives
+        boundary = "anibotboundary"
+        chunked_payload = b"\x89PNG" + uuid.uuid4().bytes + b"2" * (SMALL_LIMIT + 10_000)
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            for start in range(0, len(chunked_payload), 50_000):
+                yield chunked_payload[start : start + 50_000]
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        chunked = await client.post(
+            path, data=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        await expect_error(chunked, 413, "too_large", path, "post")
+        for payload in (far_too_big, just_too_big, chunked_payload):
+            stored = await asyncio.to_thread(layer.client.blobs.exists, hashlib.sha256(payload).hexdigest())
+            assert not stored, "a refused upload reached the blob store (and so the queue)"
+
+    with_client(bot_stack, test, max_image_bytes=SMALL_LIMIT)
 
 
 def test_rate_limit_answers_429(bot_stack):
-    async def test(client: TestClient) -> None:
-        first = await client.post("/v1/analyze", data=form(scene_png(5_500_002)))
-        assert first.status == 200
-        second = await client.post("/v1/analyze", data=form(scene_png(5_500_002)))
-        assert second.status == 429 and second.headers["Retry-After"]
-        assert (await second.json())["error"]["code"] == "rate_limited"
+    token = uuid.uuid4().hex  # a bucket of its own: the caller is the token, not the shared test address
 
-    # the test client's address is shared by every test: a bucket of its own via a fresh token
-    import uuid
-
-    token = uuid.uuid4().hex
-
-    async def authed(client: TestClient) -> None:
+    async def test(client: TestClient, layer: Any) -> None:
         client.session.headers["Authorization"] = f"Bearer {token}"
-        await test(client)
+        first = await client.post("/v1/analyze", data=form(scene_png(5_500_002)))
+        assert first.status == 200, await first.text()
+        second = await client.post("/v1/analyze", data=form(scene_png(5_500_002)))
+        body = await expect_error(second, 429, "rate_limited", "/v1/analyze", "post")
+        assert int(second.headers["Retry-After"]) == body["error"]["retry_after_s"] >= 1
 
-    with_client(bot_stack, authed, rate_user_burst=1, rate_user_per_min=0.5, api_token=token)
+    with_client(bot_stack, test, rate_user_burst=1, rate_user_per_min=0.5, api_token=token)
 
 
 def test_bearer_token_is_required_when_set(bot_stack):
-    async def test(client: TestClient) -> None:
-        assert (await client.get("/v1/jobs/abc")).status == 401
-        wrong = await client.get("/v1/jobs/abc", headers={"Authorization": "Bearer nope"})
-        assert wrong.status == 401
-        right = await client.get("/v1/jobs/abc", headers={"Authorization": "Bearer s3cret"})
-        assert right.status == 404  # authorised; the job does not exist
-        assert (await client.get("/v1/openapi.json")).status == 200  # the description stays open
+    async def test(client: TestClient, layer: Any) -> None:
+        job_path = "/v1/jobs/0123456789abcdef0123456789abcdef"
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+            refused = await client.get(job_path, headers=headers)
+            await expect_error(refused, 401, "unauthorised", "/v1/jobs/{job_id}", "get")
+            assert refused.headers["WWW-Authenticate"] == "Bearer"
+        refused = await client.post("/v1/analyze", data=form(scene_png(5_500_004)))
+        await expect_error(refused, 401, "unauthorised", "/v1/analyze", "post")
+        right = await client.get(job_path, headers={"Authorization": "Bearer s3cret"})
+        await expect_error(right, 404, "not_found", "/v1/jobs/{job_id}", "get")  # authorised; no such job
+        document = await client.get("/v1/openapi.json")  # the description and health stay open
+        assert document.status == 200 and (await document.json())["security"] == [{"bearer": []}]
+        assert (await client.get("/v1/health")).status in (200, 503)
 
     with_client(bot_stack, test, api_token="s3cret")
 
 
+def test_catalogue_routes(bot_stack):
+    async def test(client: TestClient, layer: Any) -> None:
+        await expect_error(await client.get("/v1/recommend"), 400, "bad_request", "/v1/recommend", "get")
+        await expect_error(
+            await client.get("/v1/recommend", params={"title": "Naruto", "n": "0"}),
+            400,
+            "bad_request",
+            "/v1/recommend",
+            "get",
+        )
+        await expect_error(await client.get("/v1/anime"), 400, "bad_request", "/v1/anime", "get")
+        for path in ("/v1/recommend", "/v1/anime"):
+            response = await client.get(path, params={"title": "Cowboy Bebop", "n": "7"})
+            body = await response.json()
+            # the catalogue (core.recommend) may not be on this worker yet: then it says so
+            assert response.status in (200, 404, 503), body
+            validate(body, path, "get", response.status)
+            if response.status == 503:
+                assert body["error"]["code"] == "not_available"
+            elif path == "/v1/recommend" and response.status == 200:
+                assert len(body.get("items") or []) <= 7
+
+    with_client(bot_stack, test)
+
+
 def test_openapi_documents_every_route(bot_stack):
-    async def test(client: TestClient) -> None:
+    async def test(client: TestClient, layer: Any) -> None:
         document = await (await client.get("/v1/openapi.json")).json()
-        assert document["openapi"].startswith("3.1")
-        app = client.server.app
+        assert document["openapi"].startswith("3.1") and document["security"] == []
         routes = {
             (route.method.lower(), route.resource.canonical)
-            for route in app.router.routes()
-            if route.method != "HEAD"
+            for route in client.server.app.router.routes()
+            if route.method != "HEAD" and route.resource is not None
         }
         documented = {(method, path) for path, methods in document["paths"].items() for method in methods}
         assert routes == documented
+        for schema in document["components"]["schemas"].values():
+            Draft202012Validator.check_schema(schema)
+        for method, path in sorted(documented):
+            operation = document["paths"][path][method]
+            assert operation["summary"] and "200" in operation["responses"]
+            for name in (p["name"] for p in operation.get("parameters", []) if p["in"] == "path"):
+                assert "{" + name + "}" in path
+        assert set(_refs(document)) <= {
+            f"#/components/schemas/{name}" for name in document["components"]["schemas"]
+        }
+
         page = await client.get("/v1/docs")
-        assert "/v1/analyze" in await page.text()
+        text = await page.text()
+        assert page.content_type == "text/html" and all(path in text for path in document["paths"])
         health = await client.get("/v1/health")
-        assert health.status == 200 and (await health.json())["workers"]["gpu"] >= 1
+        body = await health.json()
+        validate(body, "/v1/health", "get", health.status)
+        assert health.status == 200 and body["redis"] and body["workers"]["gpu"] >= 1
 
     with_client(bot_stack, test)
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+class PagedCatalogue:
+    """A stand-in command layer for /recommend alone: ``total`` items, served a page at a time like the
+    real command (a "More" button carries the next offset)."""
+
+    def __init__(self, total: int) -> None:
+        from core.settings import Settings
+
+        self.settings = Settings(api_token=None)
+        self.total = total
+        self.calls: list[str] = []
+
+    def page(self, offset: int) -> Reply:
+        items = [{"title": f"Anime {i}"} for i in range(offset, min(offset + 5, self.total))]
+        return Reply(
+            kind=ReplyKind.RESULT,
+            buttons=(Button("More", "recmore", f"{offset + 5}:k"),),
+            data={"matched": {"title": "Cowboy Bebop"}, "items": items},
+        )
+
+    async def command(self, inv: Any, name: str, progress: Any = None) -> list[Reply]:
+        assert (name, inv.args, inv.platform) == ("recommend", "Cowboy Bebop", "api")
+        self.calls.append("command")
+        return [self.page(0)]
+
+    async def button(self, inv: Any, data: str, progress: Any = None) -> list[Reply]:
+        self.calls.append(data)
+        return [self.page(int(data.split(":")[1]))]
+
+
+@pytest.mark.parametrize(("total", "n", "expected", "calls"), [(30, 3, 3, 1), (30, 12, 12, 3), (8, 25, 8, 3)])
+def test_recommend_pages_through_the_more_button(total: int, n: int, expected: int, calls: int):
+    async def main() -> None:
+        layer = PagedCatalogue(total)
+        async with TestClient(TestServer(build_app(layer.settings, layer))) as client:  # type: ignore[arg-type]
+            response = await client.get("/v1/recommend", params={"title": "Cowboy  Bebop", "n": str(n)})
+            body = await response.json()
+            assert response.status == 200, body
+            validate(body, "/v1/recommend", "get", 200)
+            assert [item["title"] for item in body["items"]] == [f"Anime {i}" for i in range(expected)]
+            assert len(layer.calls) == calls and layer.calls[1:] == [
+                f"recmore:{5 * i}:k" for i in range(1, calls)
+            ]
+
+    asyncio.run(main())
+
+
+def test_an_unexpected_exception_is_a_json_500_with_a_logged_error_id(caplog: pytest.LogCaptureFixture):
+    class Broken(PagedCatalogue):
+        async def command(self, inv: Any, name: str, progress: Any = None) -> list[Reply]:
+            raise RuntimeError("boom")
+
+    async def main() -> None:
+        layer = Broken(0)
+        async with TestClient(TestServer(build_app(layer.settings, layer))) as client:  # type: ignore[arg-type]
+            response = await client.get("/v1/recommend", params={"title": "Cowboy Bebop"})
+            body = await expect_error(response, 500, "internal", "/v1/recommend", "get")
+            logged = [r for r in caplog.records if body["error"]["error_id"] in r.getMessage()]
+            assert logged and logged[0].exc_info and "GET /v1/recommend" in logged[0].getMessage()
+
+    asyncio.run(main())
+
+
+def test_no_worker_means_503_unavailable_and_unhealthy(bot_stack):
+    from tests.conftest import IDLE_REDIS_URL
+
+    async def test(client: TestClient, layer: Any) -> None:
+        health = await client.get("/v1/health")
+        body = await health.json()
+        validate(body, "/v1/health", "get", 503)
+        assert health.status == 503 and body["redis"] and body["workers"]["gpu"] == 0 and not body["healthy"]
+        refused = await client.post("/v1/analyze", data=form(scene_png(5_500_005)))
+        await expect_error(refused, 503, "unavailable", "/v1/analyze", "post")
+
+    with_client(bot_stack, test, redis_url=IDLE_REDIS_URL, unavailable_after_s=1.0)

@@ -15,22 +15,26 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from bot.api.openapi import openapi_document
+from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
+from bot.commands.catalog import PAGE as RECOMMEND_PAGE
 from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
 from bot.replies import Reply, ReplyKind
 from core.chat_store import ChatKind
 from core.intake import IntakeError, too_many_bytes
-from core.jobs import JobStatus
+from core.jobs import Job, JobStatus
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+ACCESS_LOG = logging.getLogger("bot.api.access")  # never headers: the bearer token stays out of the logs
 
 LAYER: web.AppKey[CommandLayer] = web.AppKey("layer", CommandLayer)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image
+MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
+MAX_FIELD_BYTES = 1024
 OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs"})
 
 # HTTP status of each refusal code (anything else is 400)
@@ -57,19 +61,30 @@ def reply_response(reply: Reply) -> web.Response:
     if reply.kind is ReplyKind.ERROR:
         return error_response(500, "internal", reply.text, error_id=reply.error_id)
     code = reply.code or "refused"
-    response = error_response(
-        STATUS_OF_CODE.get(code, 400), code, reply.text, **({"data": reply.data} if reply.data else {})
-    )
-    if code == "rate_limited":
-        response.headers["Retry-After"] = "60"
+    data = reply.data or {}
+    extra: dict[str, Any] = {}
+    if "retry_after_s" in data:
+        extra["retry_after_s"] = int(data["retry_after_s"])
+    if data.get("did_you_mean"):
+        extra["did_you_mean"] = list(data["did_you_mean"])
+    response = error_response(STATUS_OF_CODE.get(code, 400), code, reply.text, **extra)
+    if code in ("rate_limited", "job_running"):
+        response.headers["Retry-After"] = str(extra.get("retry_after_s", 5))
     return response
 
 
+def bearer_token(request: web.Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ("" when there is none)."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def caller_id(request: web.Request, settings: Settings) -> str:
-    """Who is asking, for rate limits: the token's digest when there is one, else the client address."""
-    header = request.headers.get("Authorization", "")
-    if settings.api_token is not None and header:
-        return "token-" + hashlib.sha256(header.encode()).hexdigest()[:12]
+    """Who is asking, for rate limits and the one-job lock: a digest of the token when the server requires one
+    (never the token itself: ids reach logs), else the client's address."""
+    token = bearer_token(request)
+    if settings.api_token is not None and token:
+        return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
     return request.remote or "unknown"
 
 
@@ -103,55 +118,69 @@ async def bearer_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = request.app[SETTINGS].api_token
-    if token is not None and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            log.warning("unauthorised %s %s from %s", request.method, request.path, request.remote)
-            return error_response(401, "unauthorised", "A valid bearer token is required.")
+    if token is None or request.path in OPEN_PATHS:
+        return await handler(request)
+    if not hmac.compare_digest(bearer_token(request).encode(), token.get_secret_value().encode()):
+        log.warning("unauthorised %s %s from %s", request.method, request.path, request.remote)
+        response = error_response(401, "unauthorised", "A valid bearer token is required.")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     return await handler(request)
 
 
-async def read_image(request: web.Request, limit: int) -> tuple[bytes | None, dict[str, str]]:
-    """The multipart ``image`` part (read at most ``limit`` bytes) and the other small fields."""
+async def _read_part(part: BodyPartReader, limit: int) -> bytes:
+    """A part's bytes, refused as soon as more than ``limit`` arrived (nothing more is read)."""
+    chunks = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        chunks.extend(chunk)
+        if len(chunks) > limit:
+            raise too_many_bytes(len(chunks), limit)
+    return bytes(chunks)
+
+
+async def read_image(request: web.Request, limit: int) -> tuple[bytes | None, str, dict[str, str]]:
+    """The multipart ``image`` part (at most ``limit`` bytes), its file name, and the other small fields.
+
+    The announced length is checked before anything is read; a chunked upload is counted as it comes."""
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise too_many_bytes(request.content_length, limit)
     data: bytes | None = None
+    filename = "image"
     fields: dict[str, str] = {}
     if not request.content_type.startswith("multipart/"):
-        return data, fields
+        return data, filename, fields
     reader = await request.multipart()
     async for part in reader:
-        if part.name == "image":
-            chunks = bytearray()
-            while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
-                chunks.extend(chunk)
-                if len(chunks) > limit:
-                    raise too_many_bytes(len(chunks), limit)
-            data = bytes(chunks)
-        elif part.name:
-            fields[part.name] = (await part.text())[:100]  # type: ignore[union-attr]
-    return data, fields
+        if not isinstance(part, BodyPartReader):
+            continue  # a nested multipart: not ours
+        if part.name == "image" and data is None:
+            data = await _read_part(part, limit)
+            filename = (part.filename or filename)[:100]
+        elif part.name and len(fields) < MAX_FIELDS:
+            fields[part.name] = (await _read_part(part, MAX_FIELD_BYTES)).decode(errors="replace")
+        else:
+            await _read_part(part, MAX_FIELD_BYTES)  # skipped, still bounded
+    return data, filename, fields
 
 
 async def analyze(request: web.Request) -> web.Response:
     layer = request.app[LAYER]
     limit = layer.settings.max_image_bytes
     try:
-        data, fields = await read_image(request, limit)
+        data, filename, fields = await read_image(request, limit)
     except IntakeError as exc:  # too large: refused before the rest is read
         return error_response(STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.user_message)
     if data is None:
         return error_response(400, "no_image", "Send the picture as a multipart form part named 'image'.")
     top_n = fields.get("top_n", "")
-    if top_n and (not top_n.isdigit() or not 1 <= int(top_n) <= 50):
-        return error_response(400, "bad_request", "top_n must be a number from 1 to 50.")
+    if top_n and (not top_n.isdigit() or not 1 <= int(top_n) <= MAX_TOP_N):
+        return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
 
     async def fetch() -> bytes:
         return data
 
-    inv = invocation(request, images=(IncomingImage(fetch, size=len(data), filename="image"),))
-    replies = await layer.images(inv, explicit=True)
-    reply = replies[0]
+    inv = invocation(request, images=(IncomingImage(fetch, size=len(data), filename=filename),))
+    reply = (await layer.images(inv, explicit=True))[0]
     if reply.kind is not ReplyKind.RESULT or not reply.data:
         return reply_response(reply)
     result = reply.data["result"]
@@ -162,14 +191,15 @@ async def analyze(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "job_id": job_id,
-            "cached": "cached" in reply.footer,
+            "cached": bool(reply.data.get("cached")),
             "result": result,
             "annotated_url": f"/v1/jobs/{job_id}/annotated.png",
         }
     )
 
 
-async def _job(request: web.Request):  # type: ignore[no-untyped-def]
+async def _job(request: web.Request) -> tuple[CommandLayer, Job]:
+    """The job named in the path; only jobs asked for through the API (a chat's jobs stay the chat's)."""
     layer = request.app[LAYER]
     job_id = request.match_info["job_id"]
     job = (
@@ -177,7 +207,7 @@ async def _job(request: web.Request):  # type: ignore[no-untyped-def]
         if job_id.isalnum() and len(job_id) <= 64
         else None
     )
-    if job is None:
+    if job is None or job.requester.platform != "api":
         raise web.HTTPNotFound(
             text=json.dumps({"error": {"code": "not_found", "message": "No such job."}}),
             content_type="application/json",
@@ -217,18 +247,53 @@ async def job_annotated(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png")
 
 
-def _catalog_route(command: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def route(request: web.Request) -> web.Response:
-        title = request.query.get("title", "").strip()
-        if not title:
-            return error_response(400, "bad_request", "Give a title: ?title=...")
-        layer = request.app[LAYER]
-        reply = (await layer.command(invocation(request, args=title[:200]), command))[0]
-        if reply.kind is not ReplyKind.RESULT:
-            return reply_response(reply)
-        return web.json_response(reply.data or {})
+def catalog_answer(reply: Reply) -> web.Response:
+    """A catalogue command's reply: its answer dict (a plain message when it has none), or the refusal."""
+    if reply.kind in (ReplyKind.REFUSAL, ReplyKind.ERROR):
+        return reply_response(reply)
+    return web.json_response(reply.data if reply.data is not None else {"message": reply.plain_text()})
 
-    return route
+
+def _title(request: web.Request) -> str:
+    title = " ".join(request.query.get("title", "").split())[:200]
+    if not title:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": {"code": "bad_request", "message": "Give a title: ?title=..."}}),
+            content_type="application/json",
+        )
+    return title
+
+
+async def recommend(request: web.Request) -> web.Response:
+    """``/recommend <title>`` through the layer; pages past the first come from its "More" button."""
+    title = _title(request)
+    n_text = request.query.get("n", str(RECOMMEND_PAGE))
+    if not n_text.isdigit() or not 1 <= int(n_text) <= MAX_RECOMMEND:
+        return error_response(400, "bad_request", f"n must be a number from 1 to {MAX_RECOMMEND}.")
+    n = int(n_text)
+    layer = request.app[LAYER]
+    inv = invocation(request, args=title)
+    reply = (await layer.command(inv, "recommend"))[0]
+    if reply.kind is not ReplyKind.RESULT or reply.data is None:
+        return catalog_answer(reply)
+    answer = dict(reply.data)
+    items = list(answer.get("items") or [])
+    while len(items) < n:
+        more = next((b for b in reply.buttons if b.action == "recmore"), None)
+        if more is None:
+            break
+        reply = (await layer.button(inv, more.callback_data))[0]
+        page = (reply.data or {}).get("items") or [] if reply.kind is ReplyKind.RESULT else []
+        if not page:
+            break
+        items.extend(page)
+    answer["items"] = items[:n]
+    return web.json_response(answer)
+
+
+async def anime(request: web.Request) -> web.Response:
+    layer = request.app[LAYER]
+    return catalog_answer((await layer.command(invocation(request, args=_title(request)), "anime"))[0])
 
 
 async def health(request: web.Request) -> web.Response:
@@ -275,8 +340,8 @@ ROUTES = [
     web.post("/v1/analyze", analyze),
     web.get("/v1/jobs/{job_id}", job_status),
     web.get("/v1/jobs/{job_id}/annotated.png", job_annotated),
-    web.get("/v1/recommend", _catalog_route("recommend")),
-    web.get("/v1/anime", _catalog_route("anime")),
+    web.get("/v1/recommend", recommend),
+    web.get("/v1/anime", anime),
     web.get("/v1/health", health),
     web.get("/v1/openapi.json", openapi),
     web.get("/v1/docs", docs),
@@ -300,4 +365,9 @@ def run(settings: Settings) -> None:
             "the API listens on %s without ANIBOT_API_TOKEN: anyone who reaches it can use it",
             settings.api_host,
         )
-    web.run_app(build_app(settings, layer), host=settings.api_host, port=settings.api_port, access_log=log)
+    web.run_app(
+        build_app(settings, layer),
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=ACCESS_LOG,  # aiohttp's format: address, time, request line, status, size, referer, agent
+    )

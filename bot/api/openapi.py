@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_TOP_N = 50
+MAX_RECOMMEND = 25
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -15,6 +18,12 @@ ERROR = {
                 "code": {"type": "string", "examples": ["not_an_image", "too_large", "rate_limited"]},
                 "message": {"type": "string"},
                 "error_id": {"type": "string", "description": "Quote it to an admin: it is in the logs."},
+                "retry_after_s": {"type": "integer", "description": "rate limited: seconds to wait"},
+                "did_you_mean": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "ambiguous title: the titles it could be",
+                },
             },
         }
     },
@@ -89,7 +98,30 @@ JOB = {
         "annotated_url": {"type": "string"},
     },
 }
-CATALOG_ANSWER = {"type": "object", "description": "the catalogue's answer (core.recommend.answers)"}
+CATALOG_ANSWER = {
+    "type": "object",
+    "description": "the catalogue's answer (core.recommend): `items` for /v1/recommend, `anime` for /v1/anime; "
+    "`message` alone when there is nothing to list",
+    "properties": {
+        "items": {"type": "array", "items": {"type": "object"}},
+        "anime": {"type": ["object", "null"]},
+        "matched": {"type": ["object", "null"]},
+        "message": {"type": "string"},
+    },
+}
+HEALTH = {
+    "type": "object",
+    "required": ["redis", "workers", "healthy"],
+    "properties": {
+        "redis": {"type": "boolean", "description": "Redis answers"},
+        "workers": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "live workers per queue (gpu: analyses, cpu: catalogue, train: retraining)",
+        },
+        "healthy": {"type": "boolean", "description": "Redis answers and a gpu worker is alive"},
+    },
+}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -117,11 +149,23 @@ def _query(name: str, description: str, *, required: bool = False, kind: str = "
 
 
 SECURITY = [{"bearer": []}]
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _protected(operation: dict[str, Any]) -> dict[str, Any]:
+    """Add what every authorised route may answer: 401 without the token, 500 with an error id."""
+    responses = {
+        **operation["responses"],
+        "401": _error("missing or wrong bearer token (only when the server has ANIBOT_API_TOKEN)"),
+        "500": _error("internal error (the message carries an error_id that is in the logs)"),
+    }
+    return {**operation, "responses": dict(sorted(responses.items()))}
 
 
 def openapi_document(*, auth: bool) -> dict[str, Any]:
-    security = SECURITY if auth else []
-    return {
+    """The description; ``auth`` when the server requires a bearer token (then every route but the open
+    ones, marked ``security: []``, needs it)."""
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "anibot",
@@ -137,10 +181,11 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                 "Analysis": ANALYSIS,
                 "Job": JOB,
                 "CatalogAnswer": CATALOG_ANSWER,
+                "Health": HEALTH,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "security": security,
+        "security": SECURITY if auth else [],
         "paths": {
             "/v1/analyze": {
                 "post": {
@@ -154,7 +199,13 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                                     "required": ["image"],
                                     "properties": {
                                         "image": {"type": "string", "format": "binary"},
-                                        "top_n": {"type": "integer", "minimum": 1, "maximum": 50},
+                                        "top_n": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": MAX_TOP_N,
+                                            "description": "candidates kept per head (at most the "
+                                            "server's ANIBOT_TOP_N)",
+                                        },
                                     },
                                 }
                             }
@@ -163,10 +214,11 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                     "responses": {
                         "200": _json("the analysis", "Analysis"),
                         "400": _error("not an image, broken, unsupported format, or no image part"),
-                        "401": _error("missing or wrong bearer token"),
-                        "413": _error("the file is too large"),
-                        "429": _error("rate limited (see Retry-After) or a job of yours is still running"),
-                        "500": _error("internal error (with error_id)"),
+                        "413": _error("the file is too large (refused before it is read)"),
+                        "429": {
+                            **_error("rate limited (see Retry-After) or a job of yours is still running"),
+                            "headers": RETRY_AFTER,
+                        },
                         "503": _error("no worker running, or too busy"),
                     },
                 }
@@ -195,11 +247,17 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
             "/v1/recommend": {
                 "get": {
                     "summary": "Anime like a title",
-                    "parameters": [_query("title", "an anime title (fuzzy)", required=True)],
+                    "parameters": [
+                        _query("title", "an anime title (fuzzy)", required=True),
+                        {
+                            **_query("n", f"how many (default 5, at most {MAX_RECOMMEND})", kind="integer"),
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RECOMMEND},
+                        },
+                    ],
                     "responses": {
                         "200": _json("recommendations", "CatalogAnswer"),
-                        "400": _error("no title"),
-                        "404": _error("no such anime (with suggestions when ambiguous)"),
+                        "400": _error("no title, or n out of range"),
+                        "404": _error("no such anime (did_you_mean lists suggestions when ambiguous)"),
                         "503": _error("no worker running"),
                     },
                 }
@@ -220,7 +278,10 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                 "get": {
                     "summary": "Redis reachable and workers alive per queue",
                     "security": [],
-                    "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}},
+                    "responses": {
+                        "200": _json("healthy", "Health"),
+                        "503": _json("Redis unreachable or no gpu worker", "Health"),
+                    },
                 }
             },
             "/v1/openapi.json": {
@@ -239,3 +300,8 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
             },
         },
     }
+    for methods in document["paths"].values():
+        for method, operation in methods.items():
+            if "security" not in operation:
+                methods[method] = _protected(operation)
+    return document

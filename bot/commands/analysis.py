@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import uuid
 from typing import TYPE_CHECKING
@@ -45,9 +46,11 @@ async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Repl
         decision = await layer.run_sync(layer.buckets.take, key, rule, cost)
         if not decision.allowed:
             log.info("rate limited (%s, %s)", key.split(":")[0], inv.where())
-            return refusal(
-                f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}.",
-                "rate_limited",
+            return Reply(
+                kind=ReplyKind.REFUSAL,
+                text=f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}.",
+                code="rate_limited",
+                data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
             )
     return None
 
@@ -76,7 +79,7 @@ async def _answer(layer: CommandLayer, inv: Invocation, waited: Waited) -> Reply
         if error is not None and error.code != "internal":
             return refusal(error.message, error.code)
         error_id = new_error_id()
-        log.error("error %s: analysis job %s failed (%s)", error_id, job.id, inv.where())
+        log.error("error %s: analysis job %s failed: %s (%s)", error_id, job.id, job.error, inv.where())
         return error_reply(error_id)
     finished = await layer.run_sync(layer.client.fetch_analysis, job)
     chat = await layer.chat_settings(inv)

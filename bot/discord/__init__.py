@@ -1,0 +1,1 @@
+"""The Discord front-end: Discord events in, command-layer calls, embeds out (``bot.discord.app.run``)."""
