@@ -1,0 +1,75 @@
+"""Neutral replies as Telegram HTML: a photo caption of at most 1,024 characters, the rest in messages."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from telegram import ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.replies import CAPTION_LIMIT, Reply, split_text
+
+MESSAGE_LIMIT = 4096
+
+
+def blocks(reply: Reply) -> list[str]:
+    """The reply as HTML blocks, each with balanced tags, in reading order."""
+    out = []
+    if reply.title:
+        out.append(f"<b>{html.escape(reply.title)}</b>")
+    if reply.text:
+        out.append(html.escape(reply.text))
+    for field in reply.fields:
+        name = f"<b>{html.escape(field.name)}</b>\n" if field.name else ""
+        out.append(name + html.escape(field.value))
+    if reply.footer:
+        out.append(f"<i>{html.escape(reply.footer)}</i>")
+    return out
+
+
+def pack(parts: list[str], first_limit: int, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Join blocks into chunks: the first at most ``first_limit`` long, the others at most ``limit``.
+
+    A block too long for any chunk is cut as plain text (its markup dropped), so a chunk never splits a tag."""
+    chunks: list[str] = []
+    current = ""
+    for part in parts:
+        cap = first_limit if not chunks else limit
+        candidate = f"{current}\n\n{part}" if current else part
+        if len(candidate) <= cap:
+            current = candidate
+            continue
+        if current:
+            chunks.append(current)
+            current = ""
+        cap = first_limit if not chunks else limit
+        if len(part) <= cap:
+            current = part
+            continue
+        plain = html.unescape(re.sub(r"</?[bi]>", "", part))
+        # escaping lengthens text: cut at half the room, then never beyond it
+        pieces = [html.escape(piece)[:cap] for piece in split_text(plain, min(cap, limit) // 2)]
+        chunks.extend(pieces[:-1])
+        current = pieces[-1]
+    if current:
+        chunks.append(current)
+    return chunks or [""]
+
+
+def caption_and_rest(reply: Reply) -> list[str]:
+    """Chunks for a photo reply: the caption (<= 1,024 characters) and the follow-up messages."""
+    return pack(blocks(reply), CAPTION_LIMIT)
+
+
+def message_chunks(reply: Reply) -> list[str]:
+    return pack(blocks(reply), MESSAGE_LIMIT)
+
+
+def keyboard(reply: Reply) -> InlineKeyboardMarkup | ForceReply | None:
+    if reply.buttons:
+        return InlineKeyboardMarkup(
+            [[InlineKeyboardButton(b.label, callback_data=b.callback_data) for b in reply.buttons]]
+        )
+    if reply.expects_answer:
+        return ForceReply(selective=True)
+    return None
