@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from bot.invocation import Invocation, Progress, no_progress
 from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
@@ -111,7 +112,7 @@ class CommandLayer:
         handler = self.buttons.get(action)
         if handler is None:
             return [refusal("That button no longer works.", "expired")]
-        pressed = Invocation(**{**inv.__dict__, "args": payload})
+        pressed = replace(inv, args=payload)
         return await self.guarded(inv, f"button {action}", lambda: handler(self, pressed, progress))
 
     async def text(self, inv: Invocation) -> list[Reply]:
@@ -125,7 +126,7 @@ class CommandLayer:
         handler = self.buttons.get(f"{action}.answer")
         if handler is None:
             return []
-        answered = Invocation(**{**inv.__dict__, "args": f"{payload} {inv.args}"})
+        answered = replace(inv, args=f"{payload} {inv.args}")
         return await self.guarded(inv, f"answer {action}", lambda: handler(self, answered, no_progress))
 
     # --- helpers for command handlers ----------------------------------------------------------------------

@@ -88,19 +88,25 @@ def model_settings(model_env: dict[str, str]):  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.fixture
-def redis_kv():  # type: ignore[no-untyped-def]
-    """The test Redis database, emptied before each test. Fails in CI when Redis is down, skips elsewhere."""
+def empty_redis(url: str):  # type: ignore[no-untyped-def]
+    """A Redis database, emptied. Fails in CI when Redis is down, skips the test elsewhere."""
     from core.kv import RedisKV
 
-    kv = RedisKV(TEST_REDIS_URL)
+    kv = RedisKV(url)
     try:
         kv.ping()
     except Exception as exc:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
     kv.client.flushdb()
+    return kv
+
+
+@pytest.fixture
+def redis_kv():  # type: ignore[no-untyped-def]
+    """The test Redis database, emptied before each test. Fails in CI when Redis is down, skips elsewhere."""
+    kv = empty_redis(TEST_REDIS_URL)
     yield kv
     kv.client.flushdb()
 
@@ -231,16 +237,7 @@ def fresh_id() -> str:
 
 @pytest.fixture(scope="session")
 def bot_stack(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotStack]:
-    from core.kv import RedisKV
-
-    kv = RedisKV(BOT_REDIS_URL)
-    try:
-        kv.ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis not reachable at {BOT_REDIS_URL}: {exc}")
-    kv.client.flushdb()
+    kv = empty_redis(BOT_REDIS_URL)
     root = tmp_path_factory.mktemp("bot-stack")
     shutil.copy(built_models / "anibot.db", root / "anibot.db")
     env = {

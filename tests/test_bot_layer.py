@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import replace
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_auto_analysis_follows_the_chat_setting(bot_stack):
     layer = bot_stack.layer()
     group = invocation(image(scene_bytes(4_400_002)), chat_kind=ChatKind.GROUP)
     assert run(layer.images(group, explicit=False)) == []  # groups: off by default
-    admin_view = Invocation(**{**group.__dict__, "is_chat_admin": True, "args": "auto on"})
+    admin_view = replace(group, is_chat_admin=True, args="auto on")
     assert run(layer.command(admin_view, "settings"))[0].kind is ReplyKind.INFO
     replies = run(layer.images(group, explicit=False))
     assert replies and replies[0].kind is ReplyKind.RESULT
@@ -121,7 +122,7 @@ def test_more_candidates_and_a_correction_are_kept(bot_stack):
     wrong = next(b for b in result.buttons if b.action == "wrong")
     question = run(layer.button(inv, wrong.callback_data))[0]
     assert question.expects_answer
-    answer = Invocation(**{**inv.__dict__, "args": "1 Hoshino Ai", "images": ()})
+    answer = replace(inv, args="1 Hoshino Ai", images=())
     thanks = run(layer.text(answer))[0]
     assert "Hoshino Ai" in thanks.text
     stored = layer.chats.corrections(job_id=wrong.payload)

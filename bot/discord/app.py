@@ -268,11 +268,11 @@ class DiscordFrontEnd(commands.Bot):
     async def answer_images(
         self, message: discord.Message, images: tuple[IncomingImage, ...], *, explicit: bool
     ) -> None:
-        if explicit:
-            await self.acknowledge(message)
         inv = self.message_invocation(message, images=images)
-        progress = self.message_progress(message, reacted=explicit)
-        replies = await self.layer.images(inv, progress, explicit=explicit)
+        if not await self.layer.answers_images(inv, explicit=explicit):
+            return  # a picture in a guild channel without auto-analysis, nobody asked
+        await self.acknowledge(message)
+        replies = await self.layer.images(inv, self.message_progress(message, reacted=True), explicit=True)
         await self.reply_to(message, replies, inv)
 
     async def on_typed_command(self, ctx: commands.Context, spec: Command, args: str) -> None:

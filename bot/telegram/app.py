@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from telegram import BotCommand, Message, ReactionTypeEmoji, Update
 from telegram.constants import ChatAction, ChatMemberStatus, ChatType, ParseMode
@@ -118,7 +119,7 @@ class TelegramFrontEnd:
         images = message_images(message.reply_to_message) if spec and spec.takes_images else ()
         inv = await self.invocation(update, args=args.strip(), images=images)
         if spec is not None and spec.permission is Permission.CHAT_ADMIN:
-            inv = Invocation(**{**inv.__dict__, "is_chat_admin": await self.is_chat_admin(update)})
+            inv = replace(inv, is_chat_admin=await self.is_chat_admin(update))
         if spec is not None and spec.takes_images:
             await self.acknowledge(message)
         replies = await self.layer.command(inv, name, self.progress(message))
