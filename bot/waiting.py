@@ -1,8 +1,9 @@
 """Waiting for queued jobs from async code, without blocking the event loop and without hanging forever.
 
-Redis calls are short and run in worker threads; between polls the loop is free. A job that stays queued
-while no worker consumes its queue is given up ("unavailable") and marked failed, so that a worker started
-later does not answer a question nobody waits for any more.
+Redis calls run in threads; a waiting job blocks a thread on its done signal (Redis BLMOVE) for at most a
+second at a time, so an answer arrives as soon as the worker finishes and the event loop is never blocked. A job
+that stays queued while no worker consumes its queue is given up ("unavailable") and marked failed, so that a
+worker started later does not answer a question nobody waits for any more.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.jobs import Job, JobError, JobStatus
+from core.jobs import DONE_PREFIX, Job, JobError, JobStatus
 from workers.client import QueueClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class JobWaiter:
         self.poll_s = poll_s
         self.max_poll_s = max_poll_s
         self._alive_cache: dict[str, tuple[float, int]] = {}
+        # waits get threads of their own, so many waiting users never starve asyncio.to_thread's small pool
+        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="anibot-wait")
 
     async def workers_for(self, queue: str) -> int:
         """Live workers on ``queue``, remembered for a few seconds (asking takes up to a second)."""
@@ -87,5 +91,9 @@ class JobWaiter:
                     return Waited(WaitOutcome.UNAVAILABLE, job)
             if elapsed >= timeout:
                 return Waited(WaitOutcome.BUSY, job)
-            await asyncio.sleep(min(delay, max(0.0, timeout - elapsed)))
+            # block a thread (not the loop) on the job's done signal: a finished job wakes us at once
+            pause = min(delay, max(0.0, timeout - elapsed))
+            await asyncio.get_running_loop().run_in_executor(
+                self._threads, self.client.kv.wait, DONE_PREFIX + job.id, pause
+            )
             delay = min(delay * 1.5, self.max_poll_s)
