@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 
+from pydantic import SecretStr
+
 from core.settings import Settings
 
 
@@ -23,15 +25,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Wraps a formatter and blanks the settings' secrets out of every finished line, tracebacks included (the
+    Telegram token is part of every Bot API URL, and PTB's InvalidToken message quotes it)."""
+
+    def __init__(self, inner: logging.Formatter, secrets: list[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, "[redacted]")
+        return line
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    values = (getattr(settings, name) for name in type(settings).model_fields)
+    return [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    inner = (
         JsonFormatter()
         if settings.log_json
         else logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     )
+    handler.setFormatter(RedactingFormatter(inner, secrets_of(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    for noisy in ("PIL", "urllib3", "matplotlib", "asyncio", "faiss.loader"):
+    # httpx logs every request URL at INFO: a Telegram URL holds the bot token
+    for noisy in ("PIL", "urllib3", "matplotlib", "asyncio", "faiss.loader", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

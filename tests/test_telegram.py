@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import io
+import re
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -28,7 +30,13 @@ def new_id() -> int:
     return int(fresh_id())
 
 
-def run_bot(stack, scenario: Callable[[FakeBotAPI], Awaitable[None]], **overrides: object) -> FakeBotAPI:  # type: ignore[no-untyped-def]
+def run_bot(  # type: ignore[no-untyped-def]
+    stack,
+    scenario: Callable[[FakeBotAPI], Awaitable[None]],
+    *,
+    rate_limiter: bool = False,
+    **overrides: object,
+) -> FakeBotAPI:
     api = FakeBotAPI()
 
     async def main() -> None:
@@ -41,7 +49,8 @@ def run_bot(stack, scenario: Callable[[FakeBotAPI], Awaitable[None]], **override
         )
         from bot.layer import CommandLayer
 
-        application = build_application(settings, CommandLayer.from_settings(settings), rate_limiter=False)
+        layer = CommandLayer.from_settings(settings)
+        application = build_application(settings, layer, rate_limiter=rate_limiter)
         await application.initialize()
         await application.post_init(application)  # type: ignore[misc]
         await application.start()
@@ -63,17 +72,24 @@ def test_a_photo_in_a_private_chat_gets_the_annotated_answer(bot_stack):
 
     async def scenario(api: FakeBotAPI) -> None:
         api.add_file("p1", scene_png(6_600_001))
-        api.push("message", api.message(chat, chat, photo=api.photo_sizes("p1")))
+        posted = api.message(chat, chat, photo=api.photo_sizes("p1"))
+        api.push("message", posted)
         await api.wait_for(lambda: api.sent("sendPhoto", chat))
+        api.push("edited_message", {**posted, "caption": "fixed", "edit_date": posted["date"] + 1})  # ignored
+        api.push("message", api.message(chat, chat, text="/help"))
+        await api.wait_for(lambda: api.sent("sendMessage", chat))
 
-    api = run_bot(bot_stack, scenario)
+    api = run_bot(bot_stack, scenario, rate_limiter=True)  # PTB's AIORateLimiter in the loop
     photo = api.sent("sendPhoto", chat)[0]
     caption = photo.params["caption"]
     assert len(caption) <= 1024 and "<b>#1" in caption
+    assert photo.params["parse_mode"] == "HTML" and photo.params["has_spoiler"] is False
+    assert "reply_parameters" in photo.params  # quotes the picture it answers
     labels = [b["text"] for row in photo.params["reply_markup"]["inline_keyboard"] for b in row]
     assert labels == ["More candidates", "Wrong? Tell me who"]
     assert photo.files["photo"].startswith(b"\x89PNG")
-    assert api.downloads == ["p1"]  # the largest size only
+    assert api.downloads == ["p1"]  # the largest size only, and an edited caption is no new question
+    assert len(api.sent("sendPhoto", chat)) == 1
     assert api.sent("sendChatAction", chat) and api.sent("setMessageReaction", chat)
     assert {c.params["commands"][0]["command"] for c in api.sent("setMyCommands")} == {"identify"}
 
@@ -99,25 +115,44 @@ def test_image_document_album_and_more_candidates(bot_stack):
                 "message", api.message(chat, chat, photo=api.photo_sizes(f"al{n}"), media_group_id="album1")
             )
         await api.wait_for(lambda: len(api.sent("sendPhoto", chat)) == 3, 90)
-        markup = api.sent("sendPhoto", chat)[0].params["reply_markup"]["inline_keyboard"][0][0]
-        sent = api.message(chat, 999, text="result")
-        api.push(
-            "callback_query",
-            {
-                "id": "cb1",
-                "from": {"id": chat, "is_bot": False, "first_name": "u"},
-                "chat_instance": "ci",
-                "data": markup["callback_data"],
-                "message": sent,
-            },
-        )
-        await api.wait_for(
-            lambda: any("All candidates" in c.params.get("text", "") for c in api.sent("sendMessage", chat))
-        )
+        # a GIF arrives as an MP4 animation: its first-frame still is analysed (same bytes: a cached answer)
+        api.add_file("anim-still", api.files["doc"])
+        animation = {
+            "file_id": "anim",
+            "file_unique_id": "animu",
+            "width": 640,
+            "height": 480,
+            "duration": 2,
+            "mime_type": "video/mp4",
+            "thumbnail": api.photo_sizes("anim-still")[1],
+        }
+        api.push("message", api.message(chat, chat, animation=animation, document=animation))
+        await api.wait_for(lambda: len(api.sent("sendPhoto", chat)) == 4)
 
-    api = run_bot(bot_stack, scenario)
-    assert sorted(api.downloads) == ["al0", "al1", "doc"]
-    assert api.sent("answerCallbackQuery")
+        more, wrong = api.sent("sendPhoto", chat)[0].params["reply_markup"]["inline_keyboard"][0]
+        sent = api.message(chat, 999, text="result")
+        for n, button in enumerate((more, wrong)):
+            api.push(
+                "callback_query",
+                {
+                    "id": f"cb{n}",
+                    "from": {"id": chat, "is_bot": False, "first_name": "u"},
+                    "chat_instance": "ci",
+                    "data": button["callback_data"],
+                    "message": sent,
+                },
+            )
+        await api.wait_for(lambda: len(api.sent("sendMessage", chat)) == 2)
+        api.push("message", api.message(chat, chat, text="Hatsune Miku"))  # the answer to "Who is it?"
+        await api.wait_for(lambda: len(api.sent("sendMessage", chat)) == 3)
+
+    api = run_bot(bot_stack, scenario, rate_user_burst=10)  # five pictures from one user
+    assert sorted(api.downloads) == ["al0", "al1", "anim-still", "doc"]
+    assert len(api.sent("answerCallbackQuery")) == 2
+    assert any("All candidates" in c.params["text"] for c in api.sent("sendMessage", chat))
+    asked = next(c for c in api.sent("sendMessage", chat) if "Who is it?" in c.params["text"])
+    assert asked.params["reply_markup"] == {"force_reply": True, "selective": True}
+    assert "Thanks! Noted that #1 is Hatsune Miku" in api.sent("sendMessage", chat)[-1].params["text"]
 
 
 def test_groups_ignore_pictures_unless_the_bot_is_mentioned(bot_stack):
@@ -137,9 +172,17 @@ def test_groups_ignore_pictures_unless_the_bot_is_mentioned(bot_stack):
             ),
         )
         await api.wait_for(lambda: api.sent("sendPhoto", group))
+        api.add_file("g2", api.files["g1"])
+        api.push(
+            "message",
+            api.message(group, user, chat_type="group", caption="/identify", photo=api.photo_sizes("g2")),
+        )
+        await api.wait_for(lambda: len(api.sent("sendPhoto", group)) == 2)
 
     api = run_bot(bot_stack, scenario)
-    assert api.downloads == ["g1"]
+    assert api.downloads == ["g1", "g2"]
+    help_text = api.sent("sendMessage", group)[0].params["text"]
+    assert "/identify" in help_text and "/settings" in help_text
 
 
 def test_refusals_oversize_and_admin_commands(bot_stack):
@@ -161,3 +204,69 @@ def test_refusals_oversize_and_admin_commands(bot_stack):
     assert "big" not in api.downloads, "an oversized file was downloaded"
     assert "admins can use /settings" in api.sent("sendMessage", group)[0].params["text"]
     assert "admins only" not in api.sent("sendMessage", ADMIN)[0].params["text"]
+
+
+# --- rendering and logging, no bot needed ---------------------------------------------------------------------
+
+
+def test_long_answers_split_into_an_html_caption_and_messages():
+    from bot.replies import Button, Reply, ReplyField, ReplyImage
+    from bot.telegram.render import caption_and_rest, keyboard, message_chunks
+
+    fields = tuple(ReplyField(f"#{n} <Head>", "Nagato & Yuki " * 20) for n in range(1, 9))
+    reply = Reply(
+        title="Result <script>",
+        fields=fields,
+        image=ReplyImage(b"png", "a.png"),
+        buttons=(Button("More candidates", "more", "job"),),
+        footer="a & b",
+    )
+    chunks = caption_and_rest(reply)
+    assert len(chunks) > 1 and len(chunks[0]) <= 1024 and all(len(c) <= 4096 for c in chunks)
+    assert chunks[0].startswith("<b>Result &lt;script&gt;</b>")
+    for chunk in chunks:  # every chunk is well-formed on its own: tags balanced, only escaped text
+        assert chunk.count("<b>") == chunk.count("</b>") and chunk.count("<i>") == chunk.count("</i>")
+        assert "<script>" not in chunk and "<Head>" not in chunk and "& " not in chunk
+    assert "Nagato &amp; Yuki" in chunks[0] and chunks[-1].endswith("<i>a &amp; b</i>")
+    huge = Reply(text="x" * 10_000)
+    assert all(len(c) <= 4096 for c in message_chunks(huge))
+    assert "".join(message_chunks(huge)) == "x" * 10_000
+    dense = message_chunks(Reply(text="&" * 5000))  # escaping makes it 25,000 characters: cut, never lost
+    assert all(len(c) <= 4096 and re.fullmatch("(&amp;)+", c) for c in dense)
+    assert html.unescape("".join(dense)) == "&" * 5000
+    assert message_chunks(Reply(text="e.g. `2 Hatsune Miku` <b>")) == [
+        "e.g. <code>2 Hatsune Miku</code> &lt;b&gt;"
+    ]
+    markup = keyboard(reply)
+    assert markup.inline_keyboard[0][0].callback_data == "more:job"  # type: ignore[union-attr]
+    assert keyboard(Reply(text="Who is it?", expects_answer=True)).to_dict() == {  # type: ignore[union-attr]
+        "force_reply": True,
+        "selective": True,
+    }
+
+
+def test_logs_never_show_the_token(capsys):
+    import logging
+
+    from core.logs import configure_logging
+    from core.settings import Settings
+
+    token = "123456:AAE-secret_token_value"
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for log_json in (False, True):
+            configure_logging(Settings(telegram_token=token, log_json=log_json))
+            logging.getLogger("httpx").warning(
+                "HTTP Request: POST https://api.telegram.org/bot%s/getMe", token
+            )
+            try:
+                raise RuntimeError(f"The token `{token}` was rejected by the server.")
+            except RuntimeError:
+                logging.getLogger("bot.telegram.app").exception("error abc in a Telegram update")
+            assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert token not in err and err.count("[redacted]") == 4 and "error abc" in err

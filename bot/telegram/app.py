@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 ALBUM_WAIT_S = 1.0  # an album arrives as several updates: answer them together after this quiet time
-IMAGES = filters.PHOTO | filters.Document.IMAGE
+NEW_MESSAGES = filters.UpdateType.MESSAGE  # not edits (a fixed caption is no new question), not channel posts
+IMAGES = (filters.PHOTO | filters.Document.IMAGE | filters.ANIMATION) & NEW_MESSAGES
 
 
 def message_images(message: Message | None) -> tuple[IncomingImage, ...]:
-    """The pictures of a message (the largest size of a photo, image documents); sizes as Telegram announces."""
+    """The pictures of a message (the largest size of a photo, image documents, the still Telegram makes of an
+    animation's first frame, since GIFs arrive converted to MP4); sizes as Telegram announces them."""
     if message is None:
         return ()
     found = []
@@ -54,6 +56,9 @@ def message_images(message: Message | None) -> tuple[IncomingImage, ...]:
         found.append(
             (document.file_id, document.file_size, document.file_name or "image", document.mime_type)
         )
+    elif message.animation is not None and message.animation.thumbnail is not None:
+        still = message.animation.thumbnail
+        found.append((still.file_id, still.file_size, f"animation-{message.message_id}.jpg", "image/jpeg"))
     return tuple(
         IncomingImage(_downloader(message, file_id), size=size, filename=name, mime_type=mime or "")
         for file_id, size, name, mime in found
@@ -185,9 +190,9 @@ class TelegramFrontEnd:
         await query.answer()
         message = query.message if isinstance(query.message, Message) else None
         inv = await self.invocation(update)
-        replies = await self.layer.button(inv, query.data)
-        if message is not None:
-            await self.send(message, replies)
+        if message is None:  # too old to answer in place: the button's answer has nowhere to go
+            return
+        await self.send(message, await self.layer.button(inv, query.data, self.progress(message)))
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         error_id = new_error_id()
@@ -207,11 +212,15 @@ class TelegramFrontEnd:
 
     async def acknowledge(self, message: Message) -> None:
         """At once: the 'sending a photo' action and an 👀 reaction (best effort: neither may fail the answer)."""
-        try:
-            await message.get_bot().send_chat_action(message.chat_id, ChatAction.UPLOAD_PHOTO)
-            await message.set_reaction(ReactionTypeEmoji("👀"))
-        except TelegramError as exc:
-            log.debug("acknowledgement failed in chat %s: %s", message.chat_id, exc)
+        steps: tuple[Callable[[], Awaitable[object]], ...] = (
+            lambda: message.get_bot().send_chat_action(message.chat_id, ChatAction.UPLOAD_PHOTO),
+            lambda: message.set_reaction(ReactionTypeEmoji("👀")),  # a chat may forbid reactions
+        )
+        for step in steps:
+            try:
+                await step()
+            except TelegramError as exc:
+                log.debug("acknowledgement failed in chat %s: %s", message.chat_id, exc)
 
     def progress(self, message: Message) -> Callable[[Reply], Awaitable[None]]:
         async def show(reply: Reply) -> None:
@@ -277,15 +286,18 @@ def build_application(settings: Settings, layer: CommandLayer, *, rate_limiter: 
     front = TelegramFrontEnd(layer)
     application.bot_data["front_end"] = front
     names = [c.name for c in layer.commands.all()]
-    application.add_handler(CommandHandler(names, front.on_command))
+    application.add_handler(CommandHandler(names, front.on_command, filters=NEW_MESSAGES))
     application.add_handler(MessageHandler(IMAGES, front.on_images))
-    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, front.on_text))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND & NEW_MESSAGES, front.on_text))
     application.add_handler(CallbackQueryHandler(front.on_button))
     application.add_error_handler(front.on_error)
     return application
 
 
 def run(settings: Settings) -> None:
+    """Long polling until interrupted. Needs Redis and ``anibot worker`` processes; loads no model."""
+    if settings.telegram_token is None:
+        raise SystemExit("No Telegram token: set ANIBOT_TELEGRAM_TOKEN (environment or .env).")
     layer = CommandLayer.from_settings(settings)
     application = build_application(settings, layer)
     log.info("Telegram bot starting (API %s)", settings.telegram_base_url)

@@ -10,6 +10,12 @@ from telegram import ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 from bot.replies import CAPTION_LIMIT, Reply, split_text
 
 MESSAGE_LIMIT = 4096
+INLINE_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def escape(text: str) -> str:
+    """User or model text as Telegram HTML: escaped, with `inline code` (the layer's markdown-ish examples) kept."""
+    return INLINE_CODE.sub(r"<code>\1</code>", html.escape(text))
 
 
 def blocks(reply: Reply) -> list[str]:
@@ -18,10 +24,10 @@ def blocks(reply: Reply) -> list[str]:
     if reply.title:
         out.append(f"<b>{html.escape(reply.title)}</b>")
     if reply.text:
-        out.append(html.escape(reply.text))
+        out.append(escape(reply.text))
     for field in reply.fields:
         name = f"<b>{html.escape(field.name)}</b>\n" if field.name else ""
-        out.append(name + html.escape(field.value))
+        out.append(name + escape(field.value))
     if reply.footer:
         out.append(f"<i>{html.escape(reply.footer)}</i>")
     return out
@@ -46,14 +52,29 @@ def pack(parts: list[str], first_limit: int, limit: int = MESSAGE_LIMIT) -> list
         if len(part) <= cap:
             current = part
             continue
-        plain = html.unescape(re.sub(r"</?[bi]>", "", part))
-        # escaping lengthens text: cut at half the room, then never beyond it
-        pieces = [html.escape(piece)[:cap] for piece in split_text(plain, min(cap, limit) // 2)]
+        plain = html.unescape(re.sub(r"</?(?:b|i|code)>", "", part))
+        # escaping lengthens text: cut at half the room, then again if still too long
+        pieces = [
+            cut for piece in split_text(plain, cap // 2) for cut in cut_escaped(html.escape(piece), cap)
+        ]
         chunks.extend(pieces[:-1])
         current = pieces[-1]
     if current:
         chunks.append(current)
     return chunks or [""]
+
+
+def cut_escaped(text: str, cap: int) -> list[str]:
+    """Cut escaped text into pieces of at most ``cap`` characters, never inside an entity (``&amp;`` ...)."""
+    pieces = []
+    while len(text) > cap:
+        end = cap
+        amp = text.rfind("&", cap - 5, cap)  # html.escape's entities are at most 6 characters long
+        if amp != -1 and ";" not in text[amp:cap]:
+            end = amp
+        pieces.append(text[:end])
+        text = text[end:]
+    return [*pieces, text]
 
 
 def caption_and_rest(reply: Reply) -> list[str]:
