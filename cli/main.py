@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.catalog_cmd import anime, catalog_app, fav, recommend, search
 from cli.eval_cmd import eval_app
 from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
@@ -35,6 +36,9 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
+app.add_typer(catalog_app, name="catalog")
+for _catalog_command in (recommend, anime, search, fav):
+    app.command()(_catalog_command)
 app.command()(bot)
 app.command()(api)
 console = Console(stderr=True)
