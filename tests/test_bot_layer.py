@@ -173,3 +173,24 @@ def test_no_worker_means_unavailable_not_a_hang(bot_stack):
         0
     ]
     assert reply.kind is ReplyKind.REFUSAL and "unavailable" in reply.text
+
+
+def test_catalogue_commands_through_the_cpu_worker(bot_stack):
+    layer = bot_stack.layer()
+    user = fresh_id()
+    reply = run(layer.command(invocation(args="Cowboy Bebop", user=user), "recommend"))[0]
+    assert reply.kind is ReplyKind.RESULT, reply
+    assert reply.title == "If you liked Cowboy Bebop"
+    assert len(reply.fields) == 5 and all(f.value for f in reply.fields)  # each with its reason
+    more = next(b for b in reply.buttons if b.action == "recmore")
+    page_two = run(layer.button(invocation(user=user), more.callback_data))[0]
+    assert page_two.fields[0].name.startswith("6. ")
+    assert {f.name for f in page_two.fields}.isdisjoint({f.name for f in reply.fields})
+    details = run(layer.command(invocation(args="cowboy bebob"), "anime"))[0]  # a typo
+    assert details.title == "Cowboy Bebop" and "myanimelist.net/anime/1" in details.footer
+    missing = run(layer.command(invocation(args="zzzz qqqq xxxx"), "anime"))[0]
+    assert missing.kind is ReplyKind.REFUSAL
+    added = run(layer.command(invocation(args="add Trigun", user=user), "fav"))[0]
+    assert "Trigun" in added.text
+    from_favourites = run(layer.command(invocation(user=user), "recommend"))[0]
+    assert from_favourites.kind is ReplyKind.RESULT and "Trigun" not in from_favourites.plain_text().split("\n")[0]

@@ -23,7 +23,7 @@ SYNOPSIS_CHARS = 400
 CATALOG_WAIT_S = 30.0
 
 
-async def ask_catalog(layer: CommandLayer, inv: Invocation, op: str, **kwargs: Any) -> dict | Reply:
+async def ask_catalog(layer: CommandLayer, inv: Invocation, operation: str, **kwargs: Any) -> dict | Reply:
     """Run one catalogue operation on a cpu worker; the answer's dict, or a reply saying why there is none."""
     from bot.commands.analysis import BUSY, UNAVAILABLE
     from bot.layer import error_reply, new_error_id
@@ -33,7 +33,7 @@ async def ask_catalog(layer: CommandLayer, inv: Invocation, op: str, **kwargs: A
         CATALOG_TASK,
         "catalog",
         requester=inv.requester,
-        params={"op": op, "kwargs": kwargs},
+        params={"op": operation, "kwargs": kwargs},
     )
     waited = await layer.waiter.wait(job, TASK_QUEUES[CATALOG_TASK], timeout_s=CATALOG_WAIT_S)
     if waited.outcome is WaitOutcome.UNAVAILABLE:
