@@ -7,14 +7,11 @@ import io
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from core.recommend.importer import (
     CatalogueError,
@@ -29,8 +26,6 @@ from core.recommend.titles import franchise_keys
 from core.settings import Settings
 from core.store import AnimeRecord, Base, Store
 from tests.conftest import REPO, shared_data_dir
-
-PG_URL = os.environ.get("ANIBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 HEADER_2023 = (
     "anime_id,Name,English name,Other name,Score,Genres,Synopsis,Type,Episodes,Aired,Premiered,Status,Producers,"
@@ -75,33 +70,12 @@ def write(tmp_path: Path, name: str, content: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped at the end (skips when unreachable)."""
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    name = f"anibot_catalog_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc.orig}")
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         st = Store(f"sqlite:///{tmp_path / 'anibot.db'}")
     else:
-        st = Store(request.getfixturevalue("pg_url"))
+        st = Store(request.getfixturevalue("pg_database_url"))
         Base.metadata.drop_all(st.engine)
     st.create_all()
     yield st

@@ -34,7 +34,6 @@ from core.recommend.titles import NameIndex, franchise_stem, romaji_key
 from core.settings import Settings
 from core.store import AnimeRecord, Store
 from tests.conftest import REPO
-from tests.test_catalog import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 SHA_MINILM = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
@@ -207,7 +206,7 @@ def fresh_service(request: pytest.FixtureRequest, tmp_path: Path) -> CatalogServ
     else:
         from core.store import Base
 
-        store = Store(request.getfixturevalue("pg_url"))
+        store = Store(request.getfixturevalue("pg_database_url"))
         Base.metadata.drop_all(store.engine)
     return CatalogService(tfidf_settings(), store)
 
