@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.reference_crops import ReferenceCrops
 from core.slots.base import Embedder, HeadDetector
 from core.store import Store
 from core.synth import CAST, render_portrait
@@ -49,15 +50,21 @@ def enrol(
     series: str,
     references: Sequence[Reference],
     detector: HeadDetector | None = None,
+    crops: ReferenceCrops | None = None,
 ) -> int:
     """Add a character's references to the gallery; returns how many were new (duplicates are skipped).
 
-    With a ``detector``, each reference is cropped to its head first, so references and queries look alike.
+    With a ``detector``, each reference is cropped to its head first, so references and queries look alike;
+    with ``crops``, the head crops are kept in the shared folder (a retrained embedder embeds them again).
     """
     if not references:
         raise ValueError(f"no reference images for {name!r}")
     character_id = store.add_character(name, series)
-    embeddings = embedder.embed([head_crop(r.image, detector) for r in references])
+    heads = [head_crop(r.image, detector) for r in references]
+    if crops is not None:
+        for ref, head in zip(references, heads, strict=True):
+            crops.put(ref.sha256, head)
+    embeddings = embedder.embed(heads)
     added = sum(
         store.add_reference(character_id, ref.sha256, embedder.version, vector)
         for ref, vector in zip(references, embeddings, strict=True)
@@ -74,6 +81,7 @@ def enrol_face_set(
     detector: HeadDetector | None = None,
     refs_per_character: int = 5,
     seed: int = 0,
+    crops: ReferenceCrops | None = None,
 ) -> int:
     """Enrol each character of a real face set with ``refs_per_character`` images of its training split
     (never its test split, which the demo and ``anibot eval`` query with)."""
@@ -89,7 +97,7 @@ def enrol_face_set(
             continue
         name, series = display_name(label)
         refs = [Reference.from_image(image) for image in load_images(chosen)]
-        total += enrol(store, embedder, name, series, refs, detector)
+        total += enrol(store, embedder, name, series, refs, detector, crops)
     return total
 
 
@@ -100,6 +108,7 @@ def enrol_synthetic_cast(
     detector: HeadDetector | None = None,
     refs_per_character: int = 5,
     seed: int = 7_000_000,
+    crops: ReferenceCrops | None = None,
 ) -> int:
     """Enrol every synthetic character with portraits rendered from seeds disjoint from training and the demo."""
     total = 0
@@ -108,5 +117,5 @@ def enrol_synthetic_cast(
             Reference.from_image(render_portrait(spec.key, seed + index * 100 + k))
             for k in range(refs_per_character)
         ]
-        total += enrol(store, embedder, spec.name, spec.series, refs, detector)
+        total += enrol(store, embedder, spec.name, spec.series, refs, detector, crops)
     return total

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -80,14 +81,27 @@ class Gallery:
             raise ValueError(f"embeddings must be (n, dim), got shape {embeddings.shape}")
         if len(items) != embeddings.shape[0]:
             raise ValueError(f"{embeddings.shape[0]} embeddings but {len(items)} items")
-        self.dim = int(embeddings.shape[1])
-        self.items = tuple(items)
-        self.version = version
         import faiss  # imported on first use: light processes (bots, the Celery parent) never load it
 
-        self.index = faiss.IndexFlatIP(self.dim)
-        if len(self.items):
-            self.index.add(_normalise(embeddings))
+        index = faiss.IndexFlatIP(int(embeddings.shape[1]))
+        if len(items):
+            index.add(_normalise(embeddings))
+        self._setup(index, items, version)
+
+    @classmethod
+    def from_index(cls, index: Any, items: Sequence[GalleryItem], *, version: str) -> Gallery:
+        """A gallery over a ready faiss inner-product index of L2-normalised rows (e.g. read from a file)."""
+        if index.ntotal != len(items):
+            raise ValueError(f"index holds {index.ntotal} rows but {len(items)} items")
+        gallery = cls.__new__(cls)
+        gallery._setup(index, items, version)
+        return gallery
+
+    def _setup(self, index: Any, items: Sequence[GalleryItem], version: str) -> None:
+        self.index = index
+        self.dim = int(index.d)
+        self.items = tuple(items)
+        self.version = version
         # character key (name, series) of each row, and the most references any character has
         self._keys = [(item.name, item.series) for item in self.items]
         counts: dict[tuple[str, str], int] = {}
@@ -146,8 +160,12 @@ class Gallery:
                         break
             ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_n]
             candidates = tuple(
-                Candidate(name=name, series=series, similarity=float(np.clip(s, -1.0, 1.0)),
-                          confidence=float(calibration.confidence(s)))
+                Candidate(
+                    name=name,
+                    series=series,
+                    similarity=float(np.clip(s, -1.0, 1.0)),
+                    confidence=float(calibration.confidence(s)),
+                )
                 for (name, series), s in ranked
             )
             top = candidates[0]

@@ -21,6 +21,7 @@ JOB_PREFIX = "anibot:job:"
 DONE_PREFIX = "anibot:jobdone:"
 RECENT_PREFIX = "anibot:jobs:"  # newest ids of each kind of job except analyses (there are too many)
 RECENT_KEEP = 200
+CANCEL_PREFIX = "anibot:jobcancel:"
 
 
 class JobStatus(StrEnum):
@@ -61,6 +62,9 @@ class Job:
     cached: bool = False
     result: dict[str, str] | None = None  # blob references, e.g. {"json": sha, "annotated_png": sha}
     error: JobError | None = None
+    detail: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. {"stage": ..., "epoch": 3, "loss": 0.4, "eta_s": 80}
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False).encode()
@@ -98,6 +102,15 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         return self.kv.exists(BLOB_PREFIX + digest)
+
+    def keep(self, digest: str, ttl_s: int) -> bool:
+        """Keep a blob for ``ttl_s`` from now (e.g. a corrected picture until an admin reviews it); False when
+        it already expired."""
+        data = self.kv.get(BLOB_PREFIX + digest)
+        if data is None:
+            return False
+        self.kv.set(BLOB_PREFIX + digest, data, max(ttl_s, self.ttl_s))
+        return True
 
 
 class JobStore:
@@ -147,6 +160,13 @@ class JobStore:
         if updated.status.finished:
             self.kv.notify(DONE_PREFIX + job.id, self.ttl_s)
         return updated
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask a queued or running job to stop; the worker checks between steps (see :meth:`cancel_requested`)."""
+        self.kv.set(CANCEL_PREFIX + job_id, b"1", self.ttl_s)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.kv.exists(CANCEL_PREFIX + job_id)
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 1.0) -> Job:
         """Block until the job is finished or the timeout passes; returns the job as it then stands."""

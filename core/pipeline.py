@@ -14,11 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
 from PIL import Image
 
 from core.gallery import Calibration, Gallery, GalleryItem
+from core.gallery_versions import GalleryCorrupt, GalleryVersions
+from core.kv import KeyValue
 from core.results import UNKNOWN, AnalysisResult, Candidate, Head, StageFailure, Tag
 from core.settings import Settings
+from core.shared_store import SharedStore
 from core.slots.base import Captioner, Detection, Embedder, HeadDetector, IdentifiedHead, Manifest, Tagger
 from core.slots.registry import SLOTS, ModelNotInstalled, active_manifest, load_slot, models_fingerprint
 from core.store import Store
@@ -56,34 +60,62 @@ class LoadedSlots:
 
 
 class GalleryProvider:
-    """The faiss gallery of the active embedder, rebuilt from the SQL store whenever its version changes."""
+    """The faiss gallery of the active embedder, as the index jobs publish it in the shared folder.
 
-    def __init__(self, store: Store, embedder_version: str, dim: int) -> None:
+    Every call asks which version is current (one Redis GET) and loads it when it changed, so a worker picks up
+    what admins taught on its next job, without a restart. Before any version was published for this embedder
+    (a fresh install, or a model just promoted), the gallery is built in memory from the store's references.
+    """
+
+    def __init__(
+        self, store: Store, embedder_version: str, dim: int, versions: GalleryVersions | None = None
+    ) -> None:
         self.store = store
         self.embedder_version = embedder_version
         self.dim = dim
+        self.versions = versions
         self._lock = threading.Lock()
         self._gallery: Gallery | None = None
-        self._version: int | None = None
+        self._key: tuple[str, int] | None = None
+
+    def _wanted(self) -> tuple[str, int]:
+        if self.versions is not None:
+            published = self.versions.announced(self.embedder_version)
+            if published is not None:
+                return "published", published
+        return "store", self.store.gallery_version()
 
     def current(self) -> tuple[Gallery, int]:
-        version = self.store.gallery_version()
+        key = self._wanted()
         with self._lock:
-            if self._gallery is None or version != self._version:
-                entries = self.store.gallery(self.embedder_version)
-                if entries:
-                    import numpy as np
+            if self._gallery is None or key != self._key:
+                self._gallery = self._load(key)
+                self._key = key
+            return self._gallery, key[1]
 
-                    self._gallery = Gallery(
-                        np.stack([e.embedding for e in entries]).astype("float32"),
-                        [GalleryItem(e.name, e.series, e.image_sha256) for e in entries],
-                        version=f"g{version}",
-                    )
-                else:
-                    self._gallery = Gallery.empty(self.dim, version=f"g{version}")
-                self._version = version
-                log.info("gallery loaded: version %s, %d references", version, len(entries))
-            return self._gallery, version
+    def _load(self, key: tuple[str, int]) -> Gallery:
+        source, version = key
+        if source == "published" and self.versions is not None:
+            try:
+                gallery = self.versions.load(self.embedder_version, version)
+                log.info("gallery version %d loaded: %d references", version, len(gallery))
+                return gallery
+            except (OSError, ValueError, GalleryCorrupt) as exc:
+                if self._gallery is not None:  # keep serving what this process has
+                    log.error("gallery version %d unreadable, keeping %s: %s", version, self._key, exc)
+                    return self._gallery
+                log.error("gallery version %d unreadable, building from the store: %s", version, exc)
+        entries = self.store.gallery(self.embedder_version)
+        if entries:
+            gallery = Gallery(
+                np.stack([e.embedding for e in entries]).astype("float32"),
+                [GalleryItem(e.name, e.series, e.image_sha256) for e in entries],
+                version=f"s{version}",
+            )
+        else:
+            gallery = Gallery.empty(self.dim, version=f"s{version}")
+        log.info("gallery built from the store (version %s): %d references", version, len(entries))
+        return gallery
 
 
 @dataclass(frozen=True)
@@ -102,8 +134,9 @@ class AnalysisPipeline:
         self.models_fp = models_fp
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: Store) -> AnalysisPipeline:
+    def from_settings(cls, settings: Settings, store: Store, kv: KeyValue | None = None) -> AnalysisPipeline:
         slots = LoadedSlots.load(settings)
+        versions = GalleryVersions(SharedStore(settings.shared_path), kv, keep=settings.gallery_keep_versions)
         gallery = None
         threshold, calibration = (
             DEFAULT_IDENTIFY_THRESHOLD,
@@ -111,7 +144,7 @@ class AnalysisPipeline:
         )
         if slots.embedder is not None:
             manifest = slots.manifests["embedder"]
-            gallery = GalleryProvider(store, slots.embedder.version, slots.embedder.dim)
+            gallery = GalleryProvider(store, slots.embedder.version, slots.embedder.dim, versions)
             threshold = manifest.thresholds.get("identify", threshold)
             calib = manifest.extra.get("calibration") or {}
             calibration = Calibration(
@@ -123,16 +156,27 @@ class AnalysisPipeline:
             slots, gallery, IdentifyParams(threshold, calibration), models_fingerprint(settings.models_dir)
         )
 
+    @property
+    def embedder_version(self) -> str:
+        return self.slots.embedder.version if self.slots.embedder is not None else ""
+
     def fingerprint(self) -> str:
         """Versions of every model and of the gallery: part of the result cache key."""
-        gallery_version = self.gallery.current()[1] if self.gallery else -1
+        gallery_version = self.gallery.current()[0].version if self.gallery else "none"
         raw = f"{self.models_fp}|gallery={gallery_version}|{sorted(self.slots.load_errors)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
     def analyze(
-        self, image: Image.Image, image_sha256: str, *, top_n: int, fingerprint: str | None = None
+        self,
+        image: Image.Image,
+        image_sha256: str,
+        *,
+        top_n: int,
+        fingerprint: str | None = None,
+        embeddings_out: list[np.ndarray] | None = None,
     ) -> AnalysisResult:
-        """Run every stage; ``fingerprint`` may be passed when the caller already computed it."""
+        """Run every stage; ``fingerprint`` may be passed when the caller already computed it. With
+        ``embeddings_out``, the head embeddings are appended to it (one per head, for the analysis log)."""
         timings: dict[str, float] = {}
         failures: list[StageFailure] = []
 
@@ -157,7 +201,12 @@ class AnalysisPipeline:
         )  # type: ignore[union-attr]
         unidentified = [Head(box=d.box, detection_score=d.score) for d in detections]
         heads = (
-            stage("identify", "embedder", lambda: self._identify(image, detections, top_n), unidentified)
+            stage(
+                "identify",
+                "embedder",
+                lambda: self._identify(image, detections, top_n, embeddings_out),
+                unidentified,
+            )
             if detections
             else []
         )
@@ -180,7 +229,13 @@ class AnalysisPipeline:
             degraded=tuple(failures),
         )
 
-    def _identify(self, image: Image.Image, detections: list[Detection], top_n: int) -> list[Head]:
+    def _identify(
+        self,
+        image: Image.Image,
+        detections: list[Detection],
+        top_n: int,
+        embeddings_out: list[np.ndarray] | None = None,
+    ) -> list[Head]:
         if not detections:
             return []
         assert self.slots.embedder is not None and self.gallery is not None
@@ -188,6 +243,8 @@ class AnalysisPipeline:
             image.crop((int(d.box.x1), int(d.box.y1), round(d.box.x2), round(d.box.y2))) for d in detections
         ]
         embeddings = self.slots.embedder.embed(crops)
+        if embeddings_out is not None:
+            embeddings_out.extend(np.asarray(embeddings, dtype=np.float32))
         gallery, _ = self.gallery.current()
         found = gallery.identify(
             embeddings, top_n=top_n, threshold=self.identify.threshold, calibration=self.identify.calibration

@@ -13,17 +13,28 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from core.annotate import annotate, encode_png
 from core.intake import decode_image
 from core.jobs import BlobStore, JobStore, Requester
 from core.kv import KeyValue
 from core.pipeline import AnalysisPipeline
-from core.result_cache import CachedAnalysis, ResultCache
+from core.result_cache import FINGERPRINT_KEY, CachedAnalysis, ResultCache
 from core.results import UNKNOWN, AnalysisResult
 from core.settings import Settings
-from core.store import AnalysisLogRecord, Store
+from core.store import AnalysisLogRecord, HeadLogRecord, Store
 
 log = logging.getLogger(__name__)
+
+
+MODELS_ANNOUNCE_KEY = "anibot:models:announced"
+
+
+def announce_models(kv: KeyValue) -> None:
+    """Tell every worker that the active models changed: each loads them again before its next job."""
+    kv.set(MODELS_ANNOUNCE_KEY, uuid.uuid4().hex.encode(), 365 * 24 * 3600)
+    kv.delete(FINGERPRINT_KEY)  # no duplicate is answered from the cache with the old models
 
 
 @dataclass(frozen=True)
@@ -49,18 +60,27 @@ class AnalysisService:
         self.blobs = BlobStore(kv, settings.blob_ttl_s)
         self.jobs = JobStore(kv, settings.job_ttl_s)
         self.cache = ResultCache(kv, self.blobs, settings.result_cache_ttl_s)
-        self._pipeline_factory = pipeline_factory or (lambda: AnalysisPipeline.from_settings(settings, store))
+        self._pipeline_factory = pipeline_factory or (
+            lambda: AnalysisPipeline.from_settings(settings, store, kv)
+        )
         self._pipeline: AnalysisPipeline | None = None
+        self._models_announced: bytes | None = None
         self._lock = threading.Lock()
 
     @property
     def pipeline(self) -> AnalysisPipeline:
-        """Models are loaded on first use, once per process (never in a Celery parent before fork)."""
+        """Models are loaded on first use, once per process (never in a Celery parent before fork), and loaded
+        again when a promotion announces new models (see :func:`announce_models`)."""
+        announced = self.kv.get(MODELS_ANNOUNCE_KEY)
         with self._lock:
-            if self._pipeline is None:
+            if self._pipeline is None or announced != self._models_announced:
                 started = time.perf_counter()
+                reloading = self._pipeline is not None
                 self._pipeline = self._pipeline_factory()
-                log.info("models loaded in %.1f s", time.perf_counter() - started)
+                self._models_announced = announced
+                log.info(
+                    "models %sloaded in %.1f s", "re" if reloading else "", time.perf_counter() - started
+                )
             return self._pipeline
 
     def fingerprint(self) -> str:
@@ -88,7 +108,11 @@ class AnalysisService:
                 result, png, cached, cached=True, logged=self._log(job_id, result, requester, started)
             )
         self.cache.count_pipeline_run()
-        result = self.pipeline.analyze(decoded.image, decoded.sha256, top_n=top_n, fingerprint=fingerprint)
+        pipeline = self.pipeline
+        embeddings: list[np.ndarray] = []
+        result = pipeline.analyze(
+            decoded.image, decoded.sha256, top_n=top_n, fingerprint=fingerprint, embeddings_out=embeddings
+        )
         png = encode_png(annotate(decoded.image, result))
         refs = CachedAnalysis(
             result_blob=self.blobs.put(json.dumps(result.to_dict(), ensure_ascii=False).encode()),
@@ -96,7 +120,7 @@ class AnalysisService:
         )
         if not result.degraded:  # a degraded answer is not worth reusing: the next try may do better
             self.cache.put(decoded.sha256, fingerprint, top_n, refs)
-        logged = self._log(job_id, result, requester, started)
+        logged = self._log(job_id, result, requester, started, embeddings, pipeline.embedder_version)
         log.info(
             "analysis %s done: image %s, %d heads, %.0f ms%s",
             job_id,
@@ -107,7 +131,16 @@ class AnalysisService:
         )
         return AnalysisOutcome(result, png, refs, cached=False, logged=logged)
 
-    def _log(self, job_id: str, result: AnalysisResult, requester: Requester, started: float) -> bool:
+    def _log(
+        self,
+        job_id: str,
+        result: AnalysisResult,
+        requester: Requester,
+        started: float,
+        embeddings: list[np.ndarray] | None = None,
+        embedder: str = "",
+    ) -> bool:
+        """The analysis and each of its heads (box, candidates, the answer given, the embedding) in the store."""
         record = AnalysisLogRecord(
             job_id=job_id,
             image_sha256=result.image_sha256,
@@ -119,4 +152,24 @@ class AnalysisService:
             names=tuple(h.name for h in result.heads if h.name != UNKNOWN),
             duration_ms=(time.perf_counter() - started) * 1000,
         )
-        return self.store.log_analysis(record)
+        logged = self.store.log_analysis(record)
+        if logged and result.heads:
+            vectors = embeddings if embeddings and len(embeddings) == len(result.heads) else None
+            self.store.log_heads(
+                job_id,
+                result.image_sha256,
+                [
+                    HeadLogRecord(
+                        head=index,
+                        box=(head.box.x1, head.box.y1, head.box.x2, head.box.y2),
+                        detection_score=head.detection_score,
+                        answer=head.name,
+                        confidence=head.confidence,
+                        candidates=tuple((c.name, c.series, round(c.confidence, 4)) for c in head.candidates),
+                        embedder=embedder if vectors is not None else "",
+                        embedding=vectors[index - 1] if vectors is not None else None,
+                    )
+                    for index, head in enumerate(result.heads, start=1)
+                ],
+            )
+        return logged

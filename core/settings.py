@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Writable folder for the SQLite store, caches, outputs.")
     models_dir: Path = Field(Path("models"), description="Folder holding model manifests and weights.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/anibot.db.")
+    shared_dir: Path | None = Field(
+        None,
+        description="Folder every worker sees (a shared volume across machines): gallery versions, reference head "
+        "crops, training checkpoints. Empty = <data_dir>/shared.",
+    )
     faces_dir: Path | None = Field(
         None,
         description="Real face crops, <dir>/{train,test}/<character>/*: used by `models build` and `eval`; "
@@ -55,6 +60,31 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(3, ge=0, le=10, description="Retries of a task for transient errors only.")
     job_wait_timeout_s: float = Field(120.0, gt=0, description="How long a client waits for a queued job.")
 
+    train_slice_s: int = Field(
+        300,
+        ge=5,
+        description="A training task checkpoints and queues its own continuation after this long, so no task "
+        "outlives the visibility timeout (its hard limit is the visibility timeout less a minute).",
+    )
+
+    # --- teaching (core.teaching, core.retrain) --------------------------------------
+    gallery_keep_versions: int = Field(5, ge=2, description="Gallery versions kept in the shared folder.")
+    corrections_auto_accept: int = Field(
+        0,
+        ge=0,
+        description="Accept a correction once this many different users gave the same name for the same head "
+        "(0 = only an admin's /review accepts).",
+    )
+    correction_keep_s: int = Field(
+        30 * 24 * 3600, ge=3600, description="How long a corrected picture is kept for review (in Redis)."
+    )
+    retrain_max_regression: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A retrained model is promoted only if its held-back metric drops by at most this much.",
+    )
+
     # --- intake ------------------------------------------------------------------
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted upload, in bytes.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted image, in pixels.")
@@ -71,7 +101,9 @@ class Settings(BaseSettings):
         None, description="TTF/OTF used for labels; empty = first found font chain."
     )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = library default.")
-    train_threads: int = Field(0, ge=0, description="Torch threads when training starter models; 0 = every core.")
+    train_threads: int = Field(
+        0, ge=0, description="Torch threads when training starter models; 0 = every core."
+    )
 
     # --- model downloads (`anibot models pull`) -------------------------------------
     hf_endpoint: str = Field(
@@ -98,7 +130,8 @@ class Settings(BaseSettings):
     )
     telegram_token: SecretStr | None = Field(None, description="Telegram bot token.")
     telegram_base_url: str = Field(
-        "https://api.telegram.org/bot", description="Telegram Bot API base URL (a self-hosted Bot API server)."
+        "https://api.telegram.org/bot",
+        description="Telegram Bot API base URL (a self-hosted Bot API server).",
     )
     telegram_base_file_url: str = Field(
         "https://api.telegram.org/file/bot", description="Telegram Bot API file download base URL."
@@ -107,7 +140,9 @@ class Settings(BaseSettings):
         "",
         description="Bot admins, comma-separated: 'telegram:123,discord:456' (a bare id counts on every platform).",
     )
-    rate_user_per_min: float = Field(6.0, gt=0, description="Analyses a user may ask for per minute (refill).")
+    rate_user_per_min: float = Field(
+        6.0, gt=0, description="Analyses a user may ask for per minute (refill)."
+    )
     rate_user_burst: int = Field(3, ge=1, description="Analyses a user may ask for at once (bucket size).")
     rate_chat_per_min: float = Field(20.0, gt=0, description="Analyses per minute in one chat (refill).")
     rate_chat_burst: int = Field(10, ge=1, description="Analyses at once in one chat (bucket size).")
@@ -118,7 +153,8 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address `anibot api` listens on.")
     api_port: int = Field(8080, ge=1, le=65535, description="Port `anibot api` listens on.")
     api_token: SecretStr | None = Field(
-        None, description="Bearer token the REST API requires; empty = no authentication (keep it on loopback)."
+        None,
+        description="Bearer token the REST API requires; empty = no authentication (keep it on loopback).",
     )
 
     # --- recommendations (core.recommend) -------------------------------------------
@@ -171,6 +207,9 @@ class Settings(BaseSettings):
     test_task_delay_s: float = Field(
         0.0, ge=0.0, description="Testing only: sleep this long inside the analysis task before it runs."
     )
+    test_crash_at: str = Field(
+        "", description="Testing only: a fault point (e.g. 'gallery.switch') where the process kills itself."
+    )
 
     @property
     def admin_id_set(self) -> frozenset[str]:
@@ -180,6 +219,10 @@ class Settings(BaseSettings):
     def is_admin(self, platform: str, user_id: str) -> bool:
         ids = self.admin_id_set
         return str(user_id) in ids or f"{platform}:{user_id}" in ids
+
+    @property
+    def shared_path(self) -> Path:
+        return self.shared_dir if self.shared_dir is not None else self.data_dir / "shared"
 
     @property
     def sqlalchemy_url(self) -> str:

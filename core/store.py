@@ -167,6 +167,24 @@ class AnalysisLog(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
 
 
+class AnalysisHead(Base):
+    """One head of one logged analysis: where it was, what the models said, what the user was told."""
+
+    __tablename__ = "anibot_analysis_head"
+    __table_args__ = (UniqueConstraint("job_id", "head"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    head: Mapped[int] = mapped_column(Integer)  # 1-based, as shown to users
+    box: Mapped[str] = mapped_column(String(100))  # "x1,y1,x2,y2" in pixels
+    detection_score: Mapped[float] = mapped_column(Float)
+    answer: Mapped[str] = mapped_column(String(200))  # the name given, or the unknown marker
+    confidence: Mapped[float] = mapped_column(Float)
+    candidates: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[name, series, confidence], ...]
+    embedder: Mapped[str] = mapped_column(String(200), default="")
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 little-endian; NULL when cached
+
+
 # --- records handed to callers ---------------------------------------------------------------------------
 
 
@@ -184,6 +202,15 @@ class CharacterInfo:
     name: str
     series: str
     n_references: int
+    updated_at: datetime | None = field(default=None, compare=False)  # of its newest reference
+
+
+@dataclass(frozen=True)
+class ReferenceInfo:
+    name: str
+    series: str
+    image_sha256: str
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +224,18 @@ class AnalysisLogRecord:
     n_heads: int = 0
     names: Sequence[str] | str = ()  # stored as a comma list
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadLogRecord:
+    head: int  # 1-based
+    box: tuple[float, float, float, float]
+    detection_score: float
+    answer: str
+    confidence: float
+    candidates: tuple[tuple[str, str, float], ...] = ()
+    embedder: str = ""
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -348,6 +387,40 @@ class Store:
                 for cid, name, series, sha, blob in s.execute(stmt)
             ]
 
+    def gallery_snapshot(self, embedder: str) -> tuple[int, list[GalleryEntry]]:
+        """A new gallery version number and the references it holds, in one transaction: the version row stays
+        locked until commit, so concurrent builds read their snapshots in version order."""
+        stmt = (
+            select(
+                Character.id, Character.name, Character.series, Reference.image_sha256, Reference.embedding
+            )
+            .join(Reference.character)
+            .where(Reference.embedder == embedder)
+            .order_by(Character.id, Reference.id)
+        )
+        with self.session() as s:
+            version = self._bump(s)
+            entries = [
+                GalleryEntry(cid, name, series, sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+                for cid, name, series, sha, blob in s.execute(stmt)
+            ]
+        return version, entries
+
+    def references(self, embedder: str | None = None) -> list[ReferenceInfo]:
+        """Every reference (of one embedder, or distinct images over all of them), by character."""
+        stmt = (
+            select(Character.name, Character.series, Reference.image_sha256, func.min(Reference.created_at))
+            .join(Reference.character)
+            .group_by(Character.name, Character.series, Reference.image_sha256)
+            .order_by(Character.name, Character.series, Reference.image_sha256)
+        )
+        if embedder is not None:
+            stmt = stmt.where(Reference.embedder == embedder)
+        with self.session() as s:
+            return [
+                ReferenceInfo(name, series, sha, created) for name, series, sha, created in s.execute(stmt)
+            ]
+
     def gallery_version(self) -> int:
         with self.session() as s:
             return s.scalar(select(GalleryState.version).where(GalleryState.id == _STATE_ID)) or 0
@@ -370,15 +443,28 @@ class Store:
             version = s.scalar(stmt)
         return int(version)
 
-    def list_characters(self) -> list[CharacterInfo]:
+    def list_characters(self, embedder: str | None = None) -> list[CharacterInfo]:
+        """Characters with their reference counts (of ``embedder``, or distinct images) and last update."""
+        join = Reference.character_id == Character.id
+        if embedder is not None:
+            join = join & (Reference.embedder == embedder)
         stmt = (
-            select(Character.name, Character.series, func.count(Reference.id))
-            .outerjoin(Reference)
+            select(
+                Character.name,
+                Character.series,
+                func.count(func.distinct(Reference.image_sha256)),
+                func.max(Reference.created_at),
+                Character.created_at,
+            )
+            .outerjoin(Reference, join)
             .group_by(Character.id)
             .order_by(Character.name, Character.series)
         )
         with self.session() as s:
-            return [CharacterInfo(name, series, int(n)) for name, series, n in s.execute(stmt)]
+            return [
+                CharacterInfo(name, series, int(n), _aware(last or created))
+                for name, series, n, last, created in s.execute(stmt)
+            ]
 
     def delete_character(self, name: str, series: str = "") -> bool:
         with self.session() as s:
@@ -399,6 +485,44 @@ class Store:
         values["user_id"] = None if record.user_id is None else str(record.user_id)
         with self.session() as s:
             return self._insert_new(s, AnalysisLog, ["job_id"], **values)
+
+    def log_heads(self, job_id: str, image_sha256: str, heads: Sequence[HeadLogRecord]) -> int:
+        """The heads of one logged analysis (a redelivered job's heads are not written twice)."""
+        import json
+
+        written = 0
+        with self.session() as s:
+            for h in heads:
+                vector = None if h.embedding is None else np.ascontiguousarray(h.embedding, "<f4").tobytes()
+                written += self._insert_new(
+                    s, AnalysisHead, ["job_id", "head"], job_id=job_id, image_sha256=image_sha256, head=h.head,
+                    box=",".join(f"{v:.1f}" for v in h.box), detection_score=float(h.detection_score),
+                    answer=h.answer, confidence=float(h.confidence),
+                    candidates=json.dumps([list(c) for c in h.candidates], ensure_ascii=False),
+                    embedder=h.embedder, embedding=vector,
+                )  # fmt: skip
+        return written
+
+    def logged_heads(self, job_id: str) -> list[HeadLogRecord]:
+        import json
+
+        stmt = select(AnalysisHead).where(AnalysisHead.job_id == job_id).order_by(AnalysisHead.head)
+        with self.session() as s:
+            return [
+                HeadLogRecord(
+                    head=row.head,
+                    box=tuple(float(v) for v in row.box.split(",")),  # type: ignore[arg-type]
+                    detection_score=row.detection_score,
+                    answer=row.answer,
+                    confidence=row.confidence,
+                    candidates=tuple((n, se, float(c)) for n, se, c in json.loads(row.candidates)),
+                    embedder=row.embedder,
+                    embedding=None
+                    if row.embedding is None
+                    else np.frombuffer(row.embedding, dtype="<f4").astype(np.float32),
+                )
+                for row in s.scalars(stmt)
+            ]
 
     def analysis_count(self, *, job_id: str | None = None) -> int:
         stmt = select(func.count(AnalysisLog.id))
@@ -446,7 +570,9 @@ class Store:
         return n
 
     def _bump_catalog(self, s: Session) -> None:
-        stmt = update(CatalogState).where(CatalogState.id == _STATE_ID).values(version=CatalogState.version + 1)
+        stmt = (
+            update(CatalogState).where(CatalogState.id == _STATE_ID).values(version=CatalogState.version + 1)
+        )
         if s.execute(stmt.returning(CatalogState.id)).first() is None:
             self._insert_new(s, CatalogState, ["id"], id=_STATE_ID, version=1)
 
@@ -471,7 +597,8 @@ class Store:
         )
         with self.session() as s:
             return {
-                aid: (sha, np.frombuffer(blob, dtype="<f4").astype(np.float32)) for aid, sha, blob in s.execute(stmt)
+                aid: (sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+                for aid, sha, blob in s.execute(stmt)
             }
 
     def put_anime_embeddings(self, embedder: str, items: Sequence[tuple[int, str, np.ndarray]]) -> int:
@@ -514,9 +641,18 @@ class Store:
     def remove_favourite(self, platform: str, user_id: str, anime_id: int) -> bool:
         with self.session() as s:
             stmt = delete(Favourite).where(
-                Favourite.platform == platform, Favourite.user_id == str(user_id), Favourite.anime_id == anime_id
+                Favourite.platform == platform,
+                Favourite.user_id == str(user_id),
+                Favourite.anime_id == anime_id,
             )
             return s.execute(stmt.returning(Favourite.id)).first() is not None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -64,10 +64,17 @@ def built_models() -> Path:
     return root
 
 
+def copy_built_state(built_models: Path, data_dir: Path) -> None:
+    """The enrolled gallery of the built models (store, published gallery, reference crops) into a data dir."""
+    shutil.copy(built_models / "anibot.db", data_dir / "anibot.db")
+    if (built_models / "shared").is_dir():
+        shutil.copytree(built_models / "shared", data_dir / "shared", dirs_exist_ok=True)
+
+
 @pytest.fixture
 def model_env(built_models: Path, tmp_path: Path) -> dict[str, str]:
     """Environment of a process using the built models with its own copy of the gallery store."""
-    shutil.copy(built_models / "anibot.db", tmp_path / "anibot.db")
+    copy_built_state(built_models, tmp_path)
     return {
         "ANIBOT_MODELS_DIR": str(built_models / "models"),
         "ANIBOT_DATA_DIR": str(tmp_path),
@@ -240,7 +247,7 @@ def fresh_id() -> str:
 def bot_stack(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotStack]:
     kv = empty_redis(BOT_REDIS_URL)
     root = tmp_path_factory.mktemp("bot-stack")
-    shutil.copy(built_models / "anibot.db", root / "anibot.db")
+    copy_built_state(built_models, root)
     env = {
         "ANIBOT_MODELS_DIR": str(built_models / "models"),
         "ANIBOT_DATA_DIR": str(root),

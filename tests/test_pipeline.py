@@ -61,6 +61,12 @@ def test_character_not_in_gallery_comes_back_unknown_and_cache_follows_gallery(s
     assert [h.name for h in first.result.heads] == [CAST_BY_KEY["momo"].name]
     assert service.analyze(data, top_n=5).cached
     assert service.store.delete_character(CAST_BY_KEY["momo"].name, CAST_BY_KEY["momo"].series)
+    # what serves is the published gallery: the index job publishes a version without her (core.teaching)
+    from core.gallery_versions import GalleryVersions
+    from core.shared_store import SharedStore
+
+    versions = GalleryVersions(SharedStore(service.settings.shared_path), service.kv)
+    assert versions.publish(service.store, service.pipeline.embedder_version).switched
     after = service.analyze(data, top_n=5)
     assert not after.cached, "a stale answer was served after the gallery changed"
     assert [h.name for h in after.result.heads] == [UNKNOWN]

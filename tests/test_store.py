@@ -54,7 +54,11 @@ def test_reference_dedupe_and_exact_round_trip(store: Store) -> None:
     assert (entry.character_id, entry.name, entry.series, entry.image_sha256) == (cid, "Rin", "Fate", SHA_A)
     assert entry.embedding.dtype == np.float32 and entry.embedding.ndim == 1
     assert np.array_equal(entry.embedding, emb) and entry.embedding.tobytes() == emb.tobytes()
-    assert store.list_characters() == [CharacterInfo("Rin", "Fate", 2)]
+    # one picture, embedded by two models: one reference, with when it was last updated
+    assert store.list_characters() == [CharacterInfo("Rin", "Fate", 1)]
+    assert store.list_characters("clip-v2") == [CharacterInfo("Rin", "Fate", 1)]
+    assert store.list_characters("other") == [CharacterInfo("Rin", "Fate", 0)]
+    assert store.list_characters()[0].updated_at is not None
     with pytest.raises(ValueError):
         store.add_reference(cid, SHA_B, "clip-v1", np.zeros((2, 2), np.float32))
 

@@ -78,8 +78,9 @@ def set_active(models_dir: Path, slot: str, name: str) -> None:
         raise ValueError(f"unknown slot {slot!r}; slots are {', '.join(SLOTS)}")
     active = read_active(models_dir)
     active[slot] = name
-    models_dir.mkdir(parents=True, exist_ok=True)
-    (models_dir / ACTIVE_FILE).write_text(json.dumps(active, indent=2) + "\n", encoding="utf-8")
+    from core.shared_store import write_atomic  # readers never see a half-written active.json
+
+    write_atomic(models_dir / ACTIVE_FILE, (json.dumps(active, indent=2) + "\n").encode())
 
 
 def active_manifest(models_dir: Path, slot: str) -> Manifest | None:

@@ -92,7 +92,16 @@ def enrol_cast(settings: Settings, manifest: Manifest) -> int:
     detector_manifest = active_manifest(settings.models_dir, "detector")
     detector = load_slot(detector_manifest, settings) if detector_manifest else None
     embedder = load_slot(manifest, settings)
-    total = enrol_synthetic_cast(store, embedder, detector=detector)
+    from core.gallery_versions import GalleryVersions
+    from core.reference_crops import ReferenceCrops
+    from core.shared_store import SharedStore
+
+    crops = ReferenceCrops(SharedStore(settings.shared_path))  # kept: a retrained embedder re-embeds them
+    total = enrol_synthetic_cast(store, embedder, detector=detector, crops=crops)
     if settings.faces_dir is not None:
-        total += enrol_face_set(store, embedder, settings.faces_dir, detector=detector)
+        total += enrol_face_set(store, embedder, settings.faces_dir, detector=detector, crops=crops)
+    # the gallery workers serve: a version in the shared folder (Redis is not needed to build models)
+    GalleryVersions(SharedStore(settings.shared_path), keep=settings.gallery_keep_versions).publish(
+        store, embedder.version
+    )
     return total
