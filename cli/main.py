@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.catalog_cmd import anime, catalog_app, fav, recommend, search
+from cli.characters_cmd import characters_app
 from cli.eval_cmd import eval_app
 from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
@@ -37,6 +38,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(characters_app, name="characters")
 for _catalog_command in (recommend, anime, search, fav):
     app.command()(_catalog_command)
 app.command()(bot)
@@ -338,8 +340,9 @@ def _synthetic_cases(folder: Path, scenes: int, seed: int) -> list[DemoCase]:
         scene = render_scene(seed + i)
         path = folder / f"scene-{seed + i}.png"
         scene.image.save(path)
-        cases.append(DemoCase(path, [h.box for h in scene.heads],
-                              [CAST_BY_KEY[h.character].name for h in scene.heads]))
+        cases.append(
+            DemoCase(path, [h.box for h in scene.heads], [CAST_BY_KEY[h.character].name for h in scene.heads])
+        )
     return cases
 
 
@@ -356,7 +359,9 @@ def _real_face_cases(folder: Path, faces_dir: Path, scenes: int, seed: int) -> l
         scene = compose_scene(seed + i, faces, drawn_share=0.0, face_labels=labels)
         path = folder / f"faces-{seed + i}.png"
         scene.image.save(path)
-        cases.append(DemoCase(path, [Box(*b) for b in scene.boxes], [display_name(n)[0] for n in scene.labels]))
+        cases.append(
+            DemoCase(path, [Box(*b) for b in scene.boxes], [display_name(n)[0] for n in scene.labels])
+        )
     return cases
 
 

@@ -130,12 +130,25 @@ def test_more_candidates_and_a_correction_are_kept(bot_stack):
     assert run(layer.text(answer)) == []  # the question was answered once
 
 
-def test_admin_commands_are_refused_to_others_and_logged(bot_stack, caplog):
+ADMIN_COMMANDS = ("addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review")
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord", "api"])
+def test_admin_commands_are_refused_to_others_and_logged(bot_stack, caplog, platform):
+    from bot.registry import Permission
+
     layer = bot_stack.layer()
-    for name in ("addcharacter", "removecharacter", "characters", "retrain", "jobs"):
-        reply = run(layer.command(invocation(args="Someone"), name))[0]
-        assert reply.kind is ReplyKind.REFUSAL and "admins only" in reply.text, name
-    assert sum("refused /" in r.getMessage() for r in caplog.records) == 5
+    admin_only = {c.name for c in layer.commands.all() if c.permission is Permission.BOT_ADMIN}
+    assert admin_only == set(ADMIN_COMMANDS)  # a new admin command must be added here, and so be tested
+    backlog_before = run(layer.waiter.backlog("train"))
+    for name in sorted(admin_only):
+        for args in ("Someone", "cancel abcdef12", "identifier"):
+            inv = Invocation(platform=platform, chat_id=fresh_id(), user_id=fresh_id(), args=args)
+            reply = run(layer.command(inv, name))[0]
+            assert reply.kind is ReplyKind.REFUSAL and "admins only" in reply.text, (platform, name)
+            assert reply.code == "forbidden"
+    assert sum("refused /" in r.getMessage() for r in caplog.records) == 3 * len(admin_only)
+    assert run(layer.waiter.backlog("train")) == backlog_before  # nothing was queued
     assert "/addcharacter" not in run(layer.command(invocation(), "help"))[0].text
 
 

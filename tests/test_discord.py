@@ -240,9 +240,10 @@ async def test_typed_commands_reach_the_layer(discord_bot):
 async def test_admin_commands_are_for_the_admin_ids_and_the_admin_role(discord_bot):
     config = dpytest.get_config()
     channel, member = config.channels[0], config.members[0]
-    await post(member, channel, "!characters")
-    [refused] = sent()
-    assert "admins only" in (refused.content or "")
+    for command in ("addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review"):
+        await post(member, channel, f"!{command} x")
+        [refused] = sent()
+        assert f"/{command} is for bot admins only" in (refused.content or ""), command
 
     admin_user = back.make_user("Admin", "0042", id_num=1001)
     admin = back.make_member(admin_user, channel.guild)

@@ -119,5 +119,5 @@ def test_every_command_is_declared_once_with_usage():
     }
     assert required | {"characters", "retrain", "jobs", "search", "fav"} <= set(names)
     admin = {c.name for c in COMMANDS.all() if c.permission is Permission.BOT_ADMIN}
-    assert admin == {"addcharacter", "removecharacter", "characters", "retrain", "jobs"}
+    assert admin == {"addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review"}
     assert all(c.usage.startswith(f"/{c.name}") for c in COMMANDS.all())

@@ -185,22 +185,29 @@ def test_groups_ignore_pictures_unless_the_bot_is_mentioned(bot_stack):
     assert "/identify" in help_text and "/settings" in help_text
 
 
+ADMIN_COMMANDS = ("addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review")
+
+
 def test_refusals_oversize_and_admin_commands(bot_stack):
     chat, group = new_id(), -new_id()
 
     async def scenario(api: FakeBotAPI) -> None:
         api.add_file("big", scene_png(6_600_006))
         api.push("message", api.message(chat, chat, photo=api.photo_sizes("big", size=50 * 1024 * 1024)))
-        api.push("message", api.message(chat, chat, text="/retrain"))
+        for command in ADMIN_COMMANDS:  # every admin command, as a non-admin: refused
+            api.push("message", api.message(chat, chat, text=f"/{command} x"))
         api.push("message", api.message(group, chat, chat_type="group", text="/settings auto on"))
-        await api.wait_for(lambda: len(api.sent("sendMessage", chat)) >= 2 and api.sent("sendMessage", group))
+        await api.wait_for(
+            lambda: len(api.sent("sendMessage", chat)) >= 1 + len(ADMIN_COMMANDS) and api.sent("sendMessage", group)
+        )
         api.push("message", api.message(ADMIN, ADMIN, text="/characters"))
         await api.wait_for(lambda: api.sent("sendMessage", ADMIN))
 
     api = run_bot(bot_stack, scenario)
     texts = [c.params["text"] for c in api.sent("sendMessage", chat)]
     assert any("too large" in t for t in texts), texts
-    assert any("for bot admins only" in t for t in texts), texts
+    for command in ADMIN_COMMANDS:
+        assert any(f"/{command} is for bot admins only" in t for t in texts), (command, texts)
     assert "big" not in api.downloads, "an oversized file was downloaded"
     assert "admins can use /settings" in api.sent("sendMessage", group)[0].params["text"]
     assert "admins only" not in api.sent("sendMessage", ADMIN)[0].params["text"]

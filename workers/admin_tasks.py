@@ -1,23 +1,55 @@
-"""Admin tasks on the ``train`` queue: teach a character, forget one, re-index the gallery.
+"""Admin tasks on the ``train`` queue: teach a character, forget one, rebuild the gallery, retrain a model.
 
-Each finishes its job with a JSON result blob holding a ``message`` for the admin. Adding references is
-idempotent (references are keyed by image hash), so these tasks may be redelivered safely.
+Each finishes its job with a JSON result blob holding a ``message`` for the admin, and reports its progress
+(stage, and for training epoch, loss and ETA) on the job record that ``/jobs`` shows. Teaching is idempotent
+(references are keyed by picture hash, gallery versions only move forward), so those tasks are ``acks_late``:
+a worker killed mid-way leaves the previous gallery serving and the job is redelivered. Training is one job at a
+time (a Redis lock), runs in time slices that each end well inside the visibility timeout, checkpoints to the
+shared folder and queues its own continuation, so a redelivered or continued job resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
+from typing import Any
 
-from core.characters import Reference, enrol
+from celery.exceptions import SoftTimeLimitExceeded
+
 from core.intake import IntakeError, decode_image
-from core.jobs import Job, JobError, JobStatus
+from core.jobs import BlobNotFound, Job, JobError, JobStatus
 from core.names import BadName, normalise_name
+from core.retrain.base import (
+    TRAINING_DIR,
+    Cancelled,
+    NothingToLearn,
+    RetrainInputs,
+    SliceEnded,
+    TrainingContext,
+    TrainProgress,
+    retrainer,
+    work_dir,
+)
+from core.settings import Settings
+from core.shared_store import SharedStore
+from core.teaching import UnknownCharacter, prepare_reference
 from workers import runtime
-from workers.celery_app import ADD_CHARACTER_TASK, REMOVE_CHARACTER_TASK, RETRAIN_TASK, app
+from workers.celery_app import (
+    ADD_CHARACTER_TASK,
+    REINDEX_TASK,
+    REMOVE_CHARACTER_TASK,
+    RETRAIN_TASK,
+    TASK_QUEUES,
+    app,
+)
 from workers.tasks import AnibotTask
 
 log = logging.getLogger(__name__)
+
+TRAIN_LOCK_KEY = "anibot:train:lock"  # holds the id of the one training job running
+CANCELLED_CODE = "cancelled"
 
 
 def _start(job_id: str) -> Job | None:
@@ -26,7 +58,14 @@ def _start(job_id: str) -> Job | None:
     if job is None or job.status.finished:
         log.info("job %s missing or finished: redelivery ignored", job_id)
         return None
+    if jobs.cancel_requested(job_id):
+        _fail(job, CANCELLED_CODE, "Cancelled before it started; nothing was changed.")
+        return None
     return jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
+
+
+def _progress(job: Job, stage: str, fraction: float, **detail: Any) -> Job:
+    return runtime.service().jobs.update(job, progress=fraction, detail={"stage": stage, **detail})
 
 
 def _finish(job: Job, result: dict) -> str:
@@ -52,38 +91,36 @@ def add_character(self: AnibotTask, job_id: str) -> str:
         series = normalise_name(job.params["series"], what="series") if job.params.get("series") else ""
     except BadName as exc:
         return _fail(job, "bad_name", str(exc))
-    references = []
-    for index, digest in enumerate(job.params.get("images", []), start=1):
+    try:
+        teacher = runtime.teacher()
+    except runtime.NoEmbedder as exc:
+        return _fail(job, "no_embedder", str(exc))
+    digests = job.params.get("images", [])
+    prepared = []
+    for index, digest in enumerate(digests, start=1):
+        job = _progress(job, f"detecting heads ({index}/{len(digests)})", 0.05 + 0.3 * index / len(digests))
         try:
             decoded = decode_image(
                 service.blobs.get(digest),
                 max_bytes=service.settings.max_image_bytes,
                 max_pixels=service.settings.max_image_pixels,
             )
-        except (IntakeError, KeyError) as exc:
-            message = getattr(exc, "user_message", "the picture expired")
+        except (IntakeError, BlobNotFound) as exc:
+            message = getattr(exc, "user_message", "the picture expired.")
             return _fail(job, "bad_reference", f"Picture {index}: {message} Nothing was added.")
-        references.append(Reference(decoded.image, decoded.sha256))
-    pipeline = service.pipeline
-    if pipeline.slots.embedder is None:
-        return _fail(job, "no_embedder", "No identification model is installed on the training worker.")
-    added = enrol(service.store, pipeline.slots.embedder, name, series, references, pipeline.slots.detector)
-    total = next(
-        (c.n_references for c in service.store.list_characters() if c.name == name and c.series == series),
-        added,
-    )
-    label = f"{name} ({series})" if series else name
-    log.info("job %s: added %d references to %s", job.id, added, label)
-    return _finish(
-        job,
-        {
-            "message": f"Added {label}: {added} new reference{'s' * (added != 1)}, {total} in all.",
-            "name": name,
-            "series": series,
-            "added": added,
-            "references": total,
-        },
-    )
+        prepared.append(
+            prepare_reference(decoded.image, decoded.sha256, teacher.detector, label=f"picture {index}")
+        )
+    if not prepared:
+        return _fail(job, "no_reference", "No reference pictures; nothing was added.")
+
+    def report(stage: str, fraction: float) -> None:
+        nonlocal job
+        job = _progress(job, stage, fraction)
+
+    outcome = teacher.add(name, series, prepared, report)
+    log.info("job %s: %s", job.id, outcome.message)
+    return _finish(job, outcome.to_dict())
 
 
 @app.task(name=REMOVE_CHARACTER_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -92,26 +129,147 @@ def remove_character(self: AnibotTask, job_id: str) -> str:
     if job is None:
         return "skipped"
     name, series = job.params["name"], job.params.get("series", "")
-    removed = runtime.service().store.delete_character(name, series)
+    try:
+        published = runtime.teacher().remove(name, series)
+    except UnknownCharacter as exc:
+        return _fail(job, "not_found", str(exc))
+    except runtime.NoEmbedder as exc:
+        return _fail(job, "no_embedder", str(exc))
     label = f"{name} ({series})" if series else name
-    if not removed:
-        return _fail(job, "not_found", f"I don't know {label}; /characters lists who I know.")
-    return _finish(job, {"message": f"Removed {label}.", "name": name, "series": series, "removed": True})
+    return _finish(
+        job,
+        {
+            "message": f"Removed {label}.",
+            "name": name,
+            "series": series,
+            "removed": True,
+            "gallery_version": published.manifest.version,
+        },
+    )
 
 
-@app.task(name=RETRAIN_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
-def retrain(self: AnibotTask, job_id: str) -> str:
-    """The identifier is re-indexed: a new gallery version makes every worker rebuild its index from the
-    store on its next job. Fine-tuning model weights on what admins taught is not built yet."""
+@app.task(name=REINDEX_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def reindex(self: AnibotTask, job_id: str) -> str:
+    """Build a new gallery version from the store's references and make it current."""
     job = _start(job_id)
     if job is None:
         return "skipped"
-    target = job.params.get("target", "identifier")
-    if target != "identifier":
-        return _fail(
-            job, "not_available", f"Retraining the {target} is not available yet; nothing was changed."
-        )
-    version = runtime.service().store.bump_gallery_version()
+    try:
+        published = runtime.teacher().publish()
+    except runtime.NoEmbedder as exc:
+        return _fail(job, "no_embedder", str(exc))
+    m = published.manifest
     return _finish(
-        job, {"message": f"Re-indexed the gallery (version {version}).", "gallery_version": version}
+        job,
+        {
+            "message": f"Gallery version {m.version}: {m.n_references} references of {m.n_characters} characters.",
+            "gallery_version": m.version,
+            "references": m.n_references,
+            "characters": m.n_characters,
+        },
     )
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+def slice_seconds(settings: Settings) -> float:
+    """How long one retrain task trains before it checkpoints and hands over: the setting, but never more than
+    half the visibility timeout (the last epoch and the hand-over must end before Redis redelivers)."""
+    return float(min(settings.train_slice_s, max(5, settings.visibility_timeout_s // 2)))
+
+
+def train_lock_holder() -> str | None:
+    raw = runtime.service().kv.get(TRAIN_LOCK_KEY)
+    return raw.decode() if raw is not None else None
+
+
+def _take_train_lock(job_id: str) -> bool:
+    """One training job at a time; the job holding the lock may take it again (a continuation, a redelivery)."""
+    service = runtime.service()
+    ttl = service.settings.visibility_timeout_s + service.settings.train_slice_s
+    if service.kv.set_if_absent(TRAIN_LOCK_KEY, job_id.encode(), ttl):
+        return True
+    if train_lock_holder() == job_id:
+        service.kv.set(TRAIN_LOCK_KEY, job_id.encode(), ttl)
+        return True
+    return False
+
+
+def _release_train_lock(job_id: str) -> None:
+    """The job is over (done, failed or cancelled): its lock and its checkpoints go."""
+    if train_lock_holder() == job_id:
+        runtime.service().kv.delete(TRAIN_LOCK_KEY)
+    shutil.rmtree(
+        SharedStore(runtime.service().settings.shared_path).path(TRAINING_DIR, job_id), ignore_errors=True
+    )
+
+
+@app.task(
+    name=RETRAIN_TASK,
+    base=AnibotTask,
+    bind=True,
+    acks_late=True,  # safe: state lives in checkpoints, a model is only ever installed whole
+    reject_on_worker_lost=True,
+    time_limit=max(20, app.conf.broker_transport_options["visibility_timeout"] - 30),
+    soft_time_limit=max(15, app.conf.broker_transport_options["visibility_timeout"] - 45),
+)
+def retrain(self: AnibotTask, job_id: str) -> str:
+    service = runtime.service()
+    jobs = service.jobs
+    job = jobs.get(job_id)
+    if job is None or job.status.finished:
+        log.info("retrain job %s missing or finished: ignored", job_id)
+        return "skipped"
+    target = job.params.get("target", "identifier")
+    if jobs.cancel_requested(job_id):
+        _release_train_lock(job_id)
+        return _fail(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
+    if not _take_train_lock(job_id):
+        holder = train_lock_holder()
+        log.info("retrain job %s waits: job %s is training", job_id, holder)
+        job = jobs.update(job, detail={"stage": f"waiting for job {str(holder)[:8]} to finish"})
+        self.apply_async(args=[job_id], queue=TASK_QUEUES[RETRAIN_TASK], countdown=30)
+        return "waiting"
+    job = jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1)
+    settings = service.settings
+    shared = SharedStore(settings.shared_path)
+    started = time.monotonic()
+
+    def report(progress: TrainProgress) -> None:
+        nonlocal job
+        job = jobs.update(job, progress=max(0.01, min(0.99, progress.fraction)), detail=progress.as_detail())
+
+    ctx = TrainingContext(
+        job_id=job_id,
+        work_dir=work_dir(shared, job_id),
+        report=report,
+        cancel_requested=lambda: jobs.cancel_requested(job_id),
+        slice_deadline=started + slice_seconds(settings),
+        options=dict(job.params.get("options") or {}),
+    )
+    inputs = RetrainInputs(settings=settings, store=service.store, shared=shared, kv=service.kv)
+    try:
+        outcome = retrainer(target)(inputs, ctx)
+    except SliceEnded:
+        log.info("retrain job %s: slice over after %.0f s, continuing", job_id, time.monotonic() - started)
+        self.apply_async(args=[job_id], queue=TASK_QUEUES[RETRAIN_TASK])
+        return "continued"
+    except Cancelled:
+        _release_train_lock(job_id)
+        log.info("retrain job %s cancelled", job_id)
+        return _fail(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
+    except NothingToLearn as exc:
+        _release_train_lock(job_id)
+        return _fail(job, "nothing_to_learn", str(exc))
+    except SoftTimeLimitExceeded:
+        # the slice should have ended long before: let the redelivery resume from the last checkpoint
+        log.error("retrain job %s hit its time limit; it resumes from its last checkpoint", job_id)
+        self.apply_async(args=[job_id], queue=TASK_QUEUES[RETRAIN_TASK])
+        return "continued"
+    except BaseException:
+        _release_train_lock(job_id)
+        raise
+    _release_train_lock(job_id)
+    log.info("retrain job %s: %s", job_id, outcome.message)
+    return _finish(job, outcome.to_dict())

@@ -21,7 +21,9 @@ CATALOG_TASK = "anibot.catalog.query"
 ADD_CHARACTER_TASK = "anibot.characters.add"
 REMOVE_CHARACTER_TASK = "anibot.characters.remove"
 RETRAIN_TASK = "anibot.retrain"
-TASK_MODULES = ("workers.tasks", "workers.admin_tasks", "workers.catalog_tasks")
+REINDEX_TASK = "anibot.gallery.reindex"
+APPLY_CORRECTIONS_TASK = "anibot.corrections.apply"
+TASK_MODULES = ("workers.tasks", "workers.admin_tasks", "workers.catalog_tasks", "workers.correction_tasks")
 # every task's queue, by its registered name: senders and workers agree through this one table
 TASK_QUEUES = {
     ANALYZE_TASK: "gpu",
@@ -29,6 +31,8 @@ TASK_QUEUES = {
     ADD_CHARACTER_TASK: "train",
     REMOVE_CHARACTER_TASK: "train",
     RETRAIN_TASK: "train",
+    REINDEX_TASK: "train",
+    APPLY_CORRECTIONS_TASK: "train",
 }
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from core.gallery_versions import GalleryVersions
 from core.kv import RedisKV
 from core.service import AnalysisService
 from core.settings import get_settings
+from core.shared_store import SharedStore
 from core.store import Store
+from core.teaching import Teacher
 
 
 @lru_cache(maxsize=1)
@@ -20,6 +23,22 @@ def service() -> AnalysisService:
     store = Store.from_settings(settings)
     store.create_all()
     return AnalysisService(settings, RedisKV(settings.redis_url), store)
+
+
+def teacher() -> Teacher:
+    """The teaching service over this process's models (loaded on first use, like the analysis models)."""
+    svc = service()
+    pipeline = svc.pipeline
+    if pipeline.slots.embedder is None:
+        raise NoEmbedder("No identification model is installed on this worker.")
+    versions = GalleryVersions(
+        SharedStore(svc.settings.shared_path), svc.kv, keep=svc.settings.gallery_keep_versions
+    )
+    return Teacher(svc.store, versions, pipeline.slots.embedder, pipeline.slots.detector)
+
+
+class NoEmbedder(RuntimeError):
+    pass
 
 
 def worker_id() -> str:

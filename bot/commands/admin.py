@@ -13,7 +13,13 @@ from bot.waiting import WaitOutcome
 from core.intake import IntakeError
 from core.jobs import Job, JobStatus
 from core.names import BadName, split_name_and_series
-from workers.celery_app import ADD_CHARACTER_TASK, REMOVE_CHARACTER_TASK, RETRAIN_TASK, TASK_QUEUES
+from workers.celery_app import (
+    ADD_CHARACTER_TASK,
+    REINDEX_TASK,
+    REMOVE_CHARACTER_TASK,
+    RETRAIN_TASK,
+    TASK_QUEUES,
+)
 
 if TYPE_CHECKING:
     from bot.layer import CommandLayer
@@ -22,8 +28,9 @@ log = logging.getLogger(__name__)
 
 MAX_REFERENCES = 20
 RETRAIN_TARGETS = ("identifier", "tagger", "detector")
-ADMIN_JOB_KINDS = ["characters.add", "characters.remove", "retrain"]
+ADMIN_JOB_KINDS = ["characters.add", "characters.remove", "retrain", "reindex", "corrections.apply"]
 ADMIN_WAIT_S = 60.0  # how long the command waits to report the outcome; /jobs shows it afterwards
+RETRAIN_WAIT_S = 10.0  # training takes minutes: the command reports the queued job, /jobs its progress
 
 
 async def _enqueue_and_report(
@@ -36,14 +43,16 @@ async def _enqueue_and_report(
     params: dict,
     images: list[bytes] | None = None,
     queued_text: str,
+    wait_s: float = ADMIN_WAIT_S,
 ) -> list[Reply]:
     job = await layer.run_sync(
         layer.client.submit_task, task, kind, requester=inv.requester, params=params, images=images or []
     )
     log.info("admin job %s (%s) queued (%s)", job.id, kind, inv.where())
     await progress(Reply(kind=ReplyKind.ACK, text=f"{queued_text} (job {job.id[:8]})"))
-    waited = await layer.waiter.wait(job, TASK_QUEUES[task], timeout_s=ADMIN_WAIT_S)
+    waited = await layer.waiter.wait(job, TASK_QUEUES[task], timeout_s=wait_s)
     if waited.outcome is WaitOutcome.UNAVAILABLE:
+        await layer.run_sync(layer.client.jobs.request_cancel, job.id)
         return [
             refusal(
                 "No training worker is running, so nothing was changed. Start one and try again.",
@@ -51,12 +60,19 @@ async def _enqueue_and_report(
             )
         ]
     if waited.outcome is WaitOutcome.BUSY:
-        return [Reply(text=f"Still working on job {job.id[:8]}; /jobs shows how it goes.")]
+        return [
+            Reply(
+                text=f"Job {job.id[:8]} is under way; /jobs shows its progress.",
+                data={"job_id": job.id, "status": str(waited.job.status)},
+            )
+        ]
     if waited.job.status is JobStatus.FAILED:
         error = waited.job.error
         return [refusal(error.message if error else "The job failed.", error.code if error else "failed")]
     result = await layer.run_sync(layer.client.result_json, waited.job)
-    return [Reply(kind=ReplyKind.RESULT, text=result.get("message", "Done."), data=result)]
+    return [
+        Reply(kind=ReplyKind.RESULT, text=result.get("message", "Done."), data={**result, "job_id": job.id})
+    ]
 
 
 @COMMANDS.command(
@@ -135,13 +151,35 @@ async def characters(layer: CommandLayer, inv: Invocation, progress: Progress) -
         return [
             Reply(text="No characters known yet." if not wanted else f"No characters of {inv.args.strip()}.")
         ]
-    lines = [f"{c.name}" + (f" ({c.series})" if c.series else "") + f": {c.n_references} refs" for c in known]
-    return [Reply(title=f"{len(known)} characters", text="\n".join(lines))]
+    lines = [
+        f"{c.name}"
+        + (f" ({c.series})" if c.series else "")
+        + f": {c.n_references} refs"
+        + (f", updated {c.updated_at:%Y-%m-%d}" if c.updated_at else "")
+        for c in known
+    ]
+    return [
+        Reply(
+            title=f"{len(known)} characters",
+            text="\n".join(lines),
+            data={
+                "characters": [
+                    {"name": c.name, "series": c.series, "references": c.n_references,
+                     "updated_at": c.updated_at.isoformat() if c.updated_at else None}
+                    for c in known
+                ]
+            },
+        )
+    ]  # fmt: skip
+
+
+def _active_training(jobs: list[Job]) -> Job | None:
+    return next((j for j in jobs if j.kind == "retrain" and not j.status.finished), None)
 
 
 @COMMANDS.command(
     "retrain",
-    summary="Re-index or retrain a model on what I was taught (admins)",
+    summary="Retrain a model on what I was taught; promoted only if it does not regress (admins)",
     usage="/retrain [identifier|tagger|detector]",
     permission=Permission.BOT_ADMIN,
     argument="model",
@@ -150,6 +188,16 @@ async def retrain(layer: CommandLayer, inv: Invocation, progress: Progress) -> l
     target = (inv.args.strip() or "identifier").lower()
     if target not in RETRAIN_TARGETS:
         return [refusal(f"Usage: /retrain [{'|'.join(RETRAIN_TARGETS)}]")]
+    recent = await layer.run_sync(layer.client.jobs.recent, ["retrain"], 20)
+    running = _active_training(recent)
+    if running is not None:
+        return [
+            refusal(
+                f"Job {running.id[:8]} is already retraining the {running.params.get('target')}; one at a time. "
+                f"/jobs shows it, /jobs cancel {running.id[:8]} stops it.",
+                "job_running",
+            )
+        ]
     return await _enqueue_and_report(
         layer,
         inv,
@@ -157,26 +205,68 @@ async def retrain(layer: CommandLayer, inv: Invocation, progress: Progress) -> l
         task=RETRAIN_TASK,
         kind="retrain",
         params={"target": target},
-        queued_text=f"Retraining job for the {target} queued…",
+        queued_text=f"Retraining the {target}…",
+        wait_s=RETRAIN_WAIT_S,
     )
 
 
-def _job_line(job: Job) -> str:
+@COMMANDS.command(
+    "reindex",
+    summary="Rebuild the character gallery from every stored reference (admins)",
+    usage="/reindex",
+    permission=Permission.BOT_ADMIN,
+)
+async def reindex(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    return await _enqueue_and_report(
+        layer,
+        inv,
+        progress,
+        task=REINDEX_TASK,
+        kind="reindex",
+        params={},
+        queued_text="Rebuilding the gallery…",
+    )
+
+
+def _eta(seconds: float) -> str:
+    return f"{round(seconds)} s" if seconds < 90 else f"{round(seconds / 60)} min"
+
+
+def job_line(job: Job) -> str:
     age = int(time.time() - job.created_at)
     ago = f"{age} s" if age < 120 else f"{age // 60} min"
     what = job.params.get("name") or job.params.get("target") or ""
-    progress = f" {round(job.progress * 100)}%" if job.status is JobStatus.RUNNING else ""
+    state = str(job.status)
+    if job.status is JobStatus.RUNNING:
+        detail = job.detail
+        state += f" {round(job.progress * 100)}%"
+        if detail.get("epoch") and detail.get("epochs"):
+            state += f", epoch {detail['epoch']}/{detail['epochs']}"
+        if detail.get("loss") is not None:
+            state += f", loss {float(detail['loss']):.3f}"
+        if detail.get("eta_s") is not None:
+            state += f", ETA {_eta(float(detail['eta_s']))}"
+        elif detail.get("stage"):
+            state += f", {detail['stage']}"
+    elif job.status is JobStatus.QUEUED and job.detail.get("stage"):
+        state += f", {job.detail['stage']}"
     error = f": {job.error.message}" if job.error else ""
-    return f"{job.id[:8]} {job.kind} {what}: {job.status}{progress}{error} ({ago} ago)"
+    return f"{job.id[:8]} {job.kind} {what}: {state}{error} ({ago} ago)"
 
 
 @COMMANDS.command(
     "jobs",
-    summary="Recent admin jobs and their progress (admins)",
-    usage="/jobs",
+    summary="Admin jobs with progress and ETA; /jobs cancel <id> stops one (admins)",
+    usage="/jobs [cancel <id>]",
     permission=Permission.BOT_ADMIN,
+    argument="action",
 )
 async def jobs(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    words = inv.args.split()
+    if words and words[0].lower() == "cancel":
+        return [await _cancel(layer, inv, words[1] if len(words) > 1 else "")]
+    if words:
+        return [refusal("Usage: /jobs, or /jobs cancel <id>")]
     recent = await layer.run_sync(layer.client.jobs.recent, ADMIN_JOB_KINDS, 10)
     if not recent:
         return [Reply(text="No admin jobs yet.")]
@@ -184,8 +274,33 @@ async def jobs(layer: CommandLayer, inv: Invocation, progress: Progress) -> list
     return [
         Reply(
             title="Recent jobs",
-            text="\n".join(_job_line(job) for job in recent),
+            text="\n".join(job_line(job) for job in recent),
             fields=(ReplyField("Waiting on the train queue", str(backlog), inline=True),),
-            data={"jobs": [{"id": j.id, "kind": j.kind, "status": str(j.status)} for j in recent]},
+            data={
+                "jobs": [
+                    {"id": j.id, "kind": j.kind, "status": str(j.status), "progress": j.progress,
+                     "detail": j.detail}
+                    for j in recent
+                ]
+            },
         )
-    ]
+    ]  # fmt: skip
+
+
+async def _cancel(layer: CommandLayer, inv: Invocation, prefix: str) -> Reply:
+    prefix = prefix.strip().lower()
+    if len(prefix) < 4 or not all(c in "0123456789abcdef" for c in prefix):
+        return refusal("Usage: /jobs cancel <id> (the first characters /jobs shows).")
+    recent = await layer.run_sync(layer.client.jobs.recent, ADMIN_JOB_KINDS, 50)
+    matches = [j for j in recent if j.id.startswith(prefix)]
+    if len(matches) != 1:
+        return refusal(f"No single recent job starts with {prefix}; /jobs lists them.", "not_found")
+    job = matches[0]
+    if job.status.finished:
+        return refusal(f"Job {job.id[:8]} already {job.status}.", "finished")
+    await layer.run_sync(layer.client.jobs.request_cancel, job.id)
+    log.info("cancel of job %s requested (%s)", job.id, inv.where())
+    return Reply(
+        text=f"Cancelling job {job.id[:8]}; it stops at its next step and changes nothing.",
+        data={"job_id": job.id},
+    )
