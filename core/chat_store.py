@@ -6,12 +6,13 @@ directly, so a setting changed in one bot process holds for every process.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, UniqueConstraint, select
+from sqlalchemy import DateTime, Integer, String, UniqueConstraint, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.store import Base, Store, _now
@@ -57,6 +58,14 @@ class ChatSettingsRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
 
+class CorrectionStatus(StrEnum):
+    PENDING = "pending"  # waiting for an admin's /review (or for enough users to agree)
+    APPROVED = "approved"  # accepted; the apply job has not added it to the gallery yet
+    REJECTED = "rejected"  # an admin said no
+    APPLIED = "applied"  # its head crop is a reference of the named character
+    EXPIRED = "expired"  # approved, but its picture was gone before it could be applied (see ``reason``)
+
+
 class CorrectionRow(Base):
     __tablename__ = "anibot_correction"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -68,8 +77,17 @@ class CorrectionRow(Base):
     platform: Mapped[str] = mapped_column(String(32))
     chat_id: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # reviewed by the teaching issue
+    status: Mapped[str] = mapped_column(String(16), default=CorrectionStatus.PENDING.value)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # added with the review of corrections: nullable or with a server default, so create_all adds them
+    series: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    box: Mapped[str | None] = mapped_column(String(100))  # "x1,y1,x2,y2" in pixels of the picture
+    reviewer: Mapped[str | None] = mapped_column(String(100))  # "platform:user_id", or "auto"
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(String(300))  # why it ended as it did (e.g. picture expired)
+
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,39 @@ class Correction:
     user_id: str
     predicted: str = ""
     image_sha256: str = ""
-    status: str = "pending"
+    status: str = CorrectionStatus.PENDING.value
+    series: str = ""
+    box: Box | None = None
+    id: int | None = None  # set once stored
+    reviewer: str | None = None
+    reviewed_at: datetime | None = None
+    reason: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def user_key(self) -> str:
+        """Who gave it, across platforms (the same id on two platforms is two people)."""
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.series})" if self.series else self.name
+
+
+def _box_text(box: Box | None) -> str | None:
+    return None if box is None else ",".join(f"{v:.1f}" for v in box)
+
+
+def _box_value(text: str | None) -> Box | None:
+    if not text:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    return (x1, y1, x2, y2)
+
+
+def _correction(row: CorrectionRow) -> Correction:
+    values = {f.name: getattr(row, f.name) for f in fields(Correction) if f.name != "box"}
+    return Correction(**values, box=_box_value(row.box))
 
 
 class ChatStore:
@@ -92,6 +142,7 @@ class ChatStore:
             store.engine,
             tables=[ChatSettingsRow.__table__, CorrectionRow.__table__],  # type: ignore[list-item]
         )
+        store._add_missing_columns()  # columns added since the tables were created
 
     def settings(self, platform: str, chat_id: str) -> ChatSettings:
         with self.store.session() as s:
@@ -133,21 +184,70 @@ class ChatStore:
             )
         return new
 
+    # --- users' corrections --------------------------------------------------------------------------------
+
     def add_correction(self, correction: Correction) -> int:
+        values = {f.name: getattr(correction, f.name) for f in fields(Correction)}
+        values.pop("id")
+        if values["created_at"] is None:
+            values.pop("created_at")
+        values["box"] = _box_text(correction.box)
         with self.store.session() as s:
-            row = CorrectionRow(**{f.name: getattr(correction, f.name) for f in fields(Correction)})
+            row = CorrectionRow(**values)
             s.add(row)
             s.flush()
             return int(row.id)
 
-    def corrections(self, *, job_id: str | None = None, status: str | None = None) -> list[Correction]:
-        stmt = select(CorrectionRow).order_by(CorrectionRow.id)
+    def correction(self, correction_id: int) -> Correction | None:
+        with self.store.session() as s:
+            row = s.get(CorrectionRow, correction_id)
+            return None if row is None else _correction(row)
+
+    def corrections(
+        self,
+        *,
+        job_id: str | None = None,
+        status: str | None = None,
+        image_sha256: str | None = None,
+        head: int | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Correction]:
+        """Corrections matching every filter given, oldest first."""
+        stmt = select(CorrectionRow).where(CorrectionRow.id > after_id).order_by(CorrectionRow.id)
         if job_id is not None:
             stmt = stmt.where(CorrectionRow.job_id == job_id)
         if status is not None:
             stmt = stmt.where(CorrectionRow.status == status)
+        if image_sha256 is not None:
+            stmt = stmt.where(CorrectionRow.image_sha256 == image_sha256)
+        if head is not None:
+            stmt = stmt.where(CorrectionRow.head == head)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with self.store.session() as s:
-            return [
-                Correction(**{f.name: getattr(row, f.name) for f in fields(Correction)})
-                for row in s.scalars(stmt)
-            ]
+            return [_correction(row) for row in s.scalars(stmt)]
+
+    def set_correction_status(
+        self,
+        ids: Sequence[int],
+        status: str,
+        *,
+        expected: str | None = None,
+        reviewer: str | None = None,
+        reason: str | None = None,
+    ) -> list[int]:
+        """Move corrections to ``status`` (only those now in ``expected``, when given: two admins pressing
+        Approve at once change it once); returns the ids changed. ``reviewer`` also stamps ``reviewed_at``."""
+        if not ids:
+            return []
+        values: dict[str, Any] = {"status": status}
+        if reviewer is not None:
+            values.update(reviewer=reviewer, reviewed_at=_now())
+        if reason is not None:
+            values["reason"] = reason
+        stmt = update(CorrectionRow).where(CorrectionRow.id.in_(list(ids)))
+        if expected is not None:
+            stmt = stmt.where(CorrectionRow.status == expected)
+        with self.store.session() as s:
+            return [int(i) for i in s.scalars(stmt.values(**values).returning(CorrectionRow.id))]

@@ -1,3 +1,3 @@
 """Every command and button, each declared beside its handler (importing this package registers them)."""
 
-from bot.commands import admin, analysis, catalog, general  # noqa: F401
+from bot.commands import admin, analysis, catalog, general, review  # noqa: F401

@@ -17,6 +17,7 @@ from bot.waiting import Waited, WaitOutcome
 from core.chat_store import Correction
 from core.intake import IntakeError, too_many_bytes
 from core.jobs import Job, JobStatus
+from core.names import BadName, split_name_and_series
 from core.ratelimit import BucketRule
 from core.results import UNKNOWN, AnalysisResult
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES
@@ -184,35 +185,58 @@ async def wrong_name(layer: CommandLayer, inv: Invocation, progress: Progress) -
     return [Reply(text=f"Who is it? {how}", expects_answer=True)]
 
 
-NAME_PATTERN = re.compile(r"^[^\x00-\x1f/\\<>@#`*_|]{1,100}$")
-
-
 @BUTTONS.action("wrong.answer")
 async def correction_given(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    from bot.commands.review import corrections_of, queue_apply
+
     job_id, _, answer = inv.args.partition(" ")
     result = await _finished_result(layer, job_id)
     if result is None or not result.heads:
         return [refusal(EXPIRED, "expired")]
-    match = re.fullmatch(r"\s*(?:#?(\d+)[\s:.)-]+)?(.+?)\s*", answer)
+    match = re.fullmatch(r"\s*(?:#?(\d+)[\s:.)-]+)?(.+?)\s*", answer, flags=re.DOTALL)
     head = int(match.group(1)) if match and match.group(1) else 1
-    name = " ".join(match.group(2).split()) if match else ""
-    if not NAME_PATTERN.fullmatch(name):
-        return [refusal("That doesn't look like a character name (1-100 characters, no markup).", "bad_name")]
+    try:
+        name, series = split_name_and_series(match.group(2) if match else "")
+    except BadName as exc:
+        return [refusal(f"{exc} Reply with the character's name, e.g. `Hatsune Miku`.", "bad_name")]
     if not 1 <= head <= len(result.heads):
-        return [refusal(f"There is no head {head} in that picture (1-{len(result.heads)}).")]
-    predicted = result.heads[head - 1].name
-    await layer.run_sync(
-        layer.chats.add_correction,
+        return [refusal(f"There is no head {head} in that picture (1-{len(result.heads)}).", "bad_head")]
+    shown = result.heads[head - 1]
+    job = await layer.run_sync(layer.client.jobs.get, job_id)
+    picture = (job.params.get("image") if job is not None else None) or result.image_sha256
+    if not await layer.run_sync(layer.client.blobs.keep, picture, layer.settings.correction_keep_s):
+        log.warning("correction for job %s: the picture already expired (%s)", job_id, inv.where())
+    recorded = await layer.run_sync(
+        corrections_of(layer).record,
         Correction(
             job_id=job_id,
             head=head,
             name=name,
+            series=series,
             platform=inv.platform,
             chat_id=inv.chat_id,
             user_id=inv.user_id,
-            predicted="" if predicted == UNKNOWN else predicted,
+            predicted="" if shown.name == UNKNOWN else shown.name,
             image_sha256=result.image_sha256,
+            box=(shown.box.x1, shown.box.y1, shown.box.x2, shown.box.y2),
         ),
     )
-    log.info("correction stored for job %s head %d (%s)", job_id, head, inv.where())
-    return [Reply(text=f"Thanks! Noted that #{head} is {name}; an admin will review it.")]
+    label = recorded.correction.label
+    log.info(
+        "correction %s stored for job %s head %d (%s)", recorded.correction.id, job_id, head, inv.where()
+    )
+    if recorded.accepted:
+        await queue_apply(layer, inv)
+        return [
+            Reply(
+                text=f"Thanks! {recorded.agreeing} people say #{head} is {label}, so I accepted it: "
+                "I'll recognise them from now on.",
+                data={"correction_id": recorded.correction.id, "status": "approved"},
+            )
+        ]
+    return [
+        Reply(
+            text=f"Thanks! Noted that #{head} is {label}; an admin will review it.",
+            data={"correction_id": recorded.correction.id, "status": recorded.correction.status},
+        )
+    ]

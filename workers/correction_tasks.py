@@ -1,0 +1,60 @@
+"""Applying users' approved corrections (``train`` queue): each corrected head becomes a gallery reference.
+
+Idempotent: a reference is keyed by its picture and head box, and a correction is marked applied only after its
+reference was stored, so a redelivered task adds nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PIL import Image
+
+from core.chat_store import ChatStore
+from core.corrections import Corrections
+from core.intake import IntakeError, decode_image
+from core.jobs import BlobNotFound
+from workers import runtime
+from workers.admin_tasks import _fail, _finish, _start
+from workers.celery_app import APPLY_CORRECTIONS_TASK, app
+from workers.tasks import AnibotTask
+
+log = logging.getLogger(__name__)
+
+
+def _picture(image_sha256: str) -> Image.Image | None:
+    """The decoded picture a correction was given on (its blob's key is the sha256 of the posted bytes); None
+    when it expired or no longer decodes."""
+    service = runtime.service()
+    try:
+        data = service.blobs.get(image_sha256)
+        return decode_image(
+            data, max_bytes=service.settings.max_image_bytes, max_pixels=service.settings.max_image_pixels
+        ).image
+    except BlobNotFound:
+        return None
+    except IntakeError as exc:
+        log.warning("picture %s of a correction does not decode: %s", image_sha256[:12], exc.code)
+        return None
+
+
+@app.task(name=APPLY_CORRECTIONS_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def apply_corrections(self: AnibotTask, job_id: str) -> str:
+    job = _start(job_id)
+    if job is None:
+        return "skipped"
+    service = runtime.service()
+    corrections = Corrections(ChatStore(service.store))
+    if not corrections.to_apply():
+        return _finish(job, {"message": "No approved corrections were waiting to be applied.", "applied": []})
+    try:
+        teacher = runtime.teacher()
+    except runtime.NoEmbedder as exc:
+        return _fail(job, "no_embedder", str(exc))
+    report = corrections.apply(teacher, _picture)
+    if report.applied:
+        # front-ends answer duplicates from the result cache under the published fingerprint: stop that until a
+        # worker publishes the fingerprint of the new gallery
+        service.cache.invalidate_fingerprint()
+    log.info("job %s: %s", job.id, report.message)
+    return _finish(job, report.to_dict())
