@@ -372,8 +372,9 @@ class Store:
                 self._bump(s)
             return added
 
-    def gallery(self, embedder: str) -> list[GalleryEntry]:
-        stmt = (
+    @staticmethod
+    def _gallery_query(embedder: str) -> Any:
+        return (
             select(
                 Character.id, Character.name, Character.series, Reference.image_sha256, Reference.embedding
             )
@@ -381,29 +382,24 @@ class Store:
             .where(Reference.embedder == embedder)
             .order_by(Character.id, Reference.id)
         )
+
+    @staticmethod
+    def _gallery_entries(rows: Iterable[Any]) -> list[GalleryEntry]:
+        return [
+            GalleryEntry(cid, name, series, sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+            for cid, name, series, sha, blob in rows
+        ]
+
+    def gallery(self, embedder: str) -> list[GalleryEntry]:
         with self.session() as s:
-            return [
-                GalleryEntry(cid, name, series, sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
-                for cid, name, series, sha, blob in s.execute(stmt)
-            ]
+            return self._gallery_entries(s.execute(self._gallery_query(embedder)))
 
     def gallery_snapshot(self, embedder: str) -> tuple[int, list[GalleryEntry]]:
         """A new gallery version number and the references it holds, in one transaction: the version row stays
         locked until commit, so concurrent builds read their snapshots in version order."""
-        stmt = (
-            select(
-                Character.id, Character.name, Character.series, Reference.image_sha256, Reference.embedding
-            )
-            .join(Reference.character)
-            .where(Reference.embedder == embedder)
-            .order_by(Character.id, Reference.id)
-        )
         with self.session() as s:
             version = self._bump(s)
-            entries = [
-                GalleryEntry(cid, name, series, sha, np.frombuffer(blob, dtype="<f4").astype(np.float32))
-                for cid, name, series, sha, blob in s.execute(stmt)
-            ]
+            entries = self._gallery_entries(s.execute(self._gallery_query(embedder)))
         return version, entries
 
     def references(self, embedder: str | None = None) -> list[ReferenceInfo]:

@@ -52,14 +52,14 @@ TRAIN_LOCK_KEY = "anibot:train:lock"  # holds the id of the one training job run
 CANCELLED_CODE = "cancelled"
 
 
-def _start(job_id: str) -> Job | None:
+def start_job(job_id: str) -> Job | None:
     jobs = runtime.service().jobs
     job = jobs.get(job_id)
     if job is None or job.status.finished:
         log.info("job %s missing or finished: redelivery ignored", job_id)
         return None
     if jobs.cancel_requested(job_id):
-        _fail(job, CANCELLED_CODE, "Cancelled before it started; nothing was changed.")
+        fail_job(job, CANCELLED_CODE, "Cancelled before it started; nothing was changed.")
         return None
     return jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
 
@@ -68,21 +68,21 @@ def _progress(job: Job, stage: str, fraction: float, **detail: Any) -> Job:
     return runtime.service().jobs.update(job, progress=fraction, detail={"stage": stage, **detail})
 
 
-def _finish(job: Job, result: dict) -> str:
+def finish_job(job: Job, result: dict) -> str:
     service = runtime.service()
     blob = service.blobs.put(json.dumps(result, ensure_ascii=False).encode())
     service.jobs.update(job, status=JobStatus.DONE, progress=1.0, result={"json": blob})
     return "done"
 
 
-def _fail(job: Job, code: str, message: str) -> str:
+def fail_job(job: Job, code: str, message: str) -> str:
     runtime.service().jobs.update(job, status=JobStatus.FAILED, error=JobError(code, message))
     return "failed"
 
 
 @app.task(name=ADD_CHARACTER_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def add_character(self: AnibotTask, job_id: str) -> str:
-    job = _start(job_id)
+    job = start_job(job_id)
     if job is None:
         return "skipped"
     service = runtime.service()
@@ -90,11 +90,11 @@ def add_character(self: AnibotTask, job_id: str) -> str:
         name = normalise_name(job.params["name"])
         series = normalise_name(job.params["series"], what="series") if job.params.get("series") else ""
     except BadName as exc:
-        return _fail(job, "bad_name", str(exc))
+        return fail_job(job, "bad_name", str(exc))
     try:
         teacher = runtime.teacher()
     except runtime.NoEmbedder as exc:
-        return _fail(job, "no_embedder", str(exc))
+        return fail_job(job, "no_embedder", str(exc))
     digests = job.params.get("images", [])
     prepared = []
     for index, digest in enumerate(digests, start=1):
@@ -107,12 +107,12 @@ def add_character(self: AnibotTask, job_id: str) -> str:
             )
         except (IntakeError, BlobNotFound) as exc:
             message = getattr(exc, "user_message", "the picture expired.")
-            return _fail(job, "bad_reference", f"Picture {index}: {message} Nothing was added.")
+            return fail_job(job, "bad_reference", f"Picture {index}: {message} Nothing was added.")
         prepared.append(
             prepare_reference(decoded.image, decoded.sha256, teacher.detector, label=f"picture {index}")
         )
     if not prepared:
-        return _fail(job, "no_reference", "No reference pictures; nothing was added.")
+        return fail_job(job, "no_reference", "No reference pictures; nothing was added.")
 
     def report(stage: str, fraction: float) -> None:
         nonlocal job
@@ -120,23 +120,23 @@ def add_character(self: AnibotTask, job_id: str) -> str:
 
     outcome = teacher.add(name, series, prepared, report)
     log.info("job %s: %s", job.id, outcome.message)
-    return _finish(job, outcome.to_dict())
+    return finish_job(job, outcome.to_dict())
 
 
 @app.task(name=REMOVE_CHARACTER_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def remove_character(self: AnibotTask, job_id: str) -> str:
-    job = _start(job_id)
+    job = start_job(job_id)
     if job is None:
         return "skipped"
     name, series = job.params["name"], job.params.get("series", "")
     try:
         published = runtime.teacher().remove(name, series)
     except UnknownCharacter as exc:
-        return _fail(job, "not_found", str(exc))
+        return fail_job(job, "not_found", str(exc))
     except runtime.NoEmbedder as exc:
-        return _fail(job, "no_embedder", str(exc))
+        return fail_job(job, "no_embedder", str(exc))
     label = f"{name} ({series})" if series else name
-    return _finish(
+    return finish_job(
         job,
         {
             "message": f"Removed {label}.",
@@ -151,15 +151,15 @@ def remove_character(self: AnibotTask, job_id: str) -> str:
 @app.task(name=REINDEX_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def reindex(self: AnibotTask, job_id: str) -> str:
     """Build a new gallery version from the store's references and make it current."""
-    job = _start(job_id)
+    job = start_job(job_id)
     if job is None:
         return "skipped"
     try:
         published = runtime.teacher().publish()
     except runtime.NoEmbedder as exc:
-        return _fail(job, "no_embedder", str(exc))
+        return fail_job(job, "no_embedder", str(exc))
     m = published.manifest
-    return _finish(
+    return finish_job(
         job,
         {
             "message": f"Gallery version {m.version}: {m.n_references} references of {m.n_characters} characters.",
@@ -224,7 +224,7 @@ def retrain(self: AnibotTask, job_id: str) -> str:
     target = job.params.get("target", "identifier")
     if jobs.cancel_requested(job_id):
         _release_train_lock(job_id)
-        return _fail(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
+        return fail_job(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
     if not _take_train_lock(job_id):
         holder = train_lock_holder()
         log.info("retrain job %s waits: job %s is training", job_id, holder)
@@ -258,10 +258,10 @@ def retrain(self: AnibotTask, job_id: str) -> str:
     except Cancelled:
         _release_train_lock(job_id)
         log.info("retrain job %s cancelled", job_id)
-        return _fail(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
+        return fail_job(job, CANCELLED_CODE, "Cancelled; the current model is still in use.")
     except NothingToLearn as exc:
         _release_train_lock(job_id)
-        return _fail(job, "nothing_to_learn", str(exc))
+        return fail_job(job, "nothing_to_learn", str(exc))
     except SoftTimeLimitExceeded:
         # the slice should have ended long before: let the redelivery resume from the last checkpoint
         log.error("retrain job %s hit its time limit; it resumes from its last checkpoint", job_id)
@@ -272,4 +272,4 @@ def retrain(self: AnibotTask, job_id: str) -> str:
         raise
     _release_train_lock(job_id)
     log.info("retrain job %s: %s", job_id, outcome.message)
-    return _finish(job, outcome.to_dict())
+    return finish_job(job, outcome.to_dict())

@@ -15,7 +15,7 @@ from core.corrections import Corrections
 from core.intake import IntakeError, decode_image
 from core.jobs import BlobNotFound
 from workers import runtime
-from workers.admin_tasks import _fail, _finish, _start
+from workers.admin_tasks import fail_job, finish_job, start_job
 from workers.celery_app import APPLY_CORRECTIONS_TASK, app
 from workers.tasks import AnibotTask
 
@@ -40,21 +40,17 @@ def _picture(image_sha256: str) -> Image.Image | None:
 
 @app.task(name=APPLY_CORRECTIONS_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def apply_corrections(self: AnibotTask, job_id: str) -> str:
-    job = _start(job_id)
+    job = start_job(job_id)
     if job is None:
         return "skipped"
     service = runtime.service()
     corrections = Corrections(ChatStore(service.store))
     if not corrections.to_apply():
-        return _finish(job, {"message": "No approved corrections were waiting to be applied.", "applied": []})
+        return finish_job(job, {"message": "No approved corrections were waiting to be applied.", "applied": []})
     try:
         teacher = runtime.teacher()
     except runtime.NoEmbedder as exc:
-        return _fail(job, "no_embedder", str(exc))
-    report = corrections.apply(teacher, _picture)
-    if report.applied:
-        # front-ends answer duplicates from the result cache under the published fingerprint: stop that until a
-        # worker publishes the fingerprint of the new gallery
-        service.cache.invalidate_fingerprint()
+        return fail_job(job, "no_embedder", str(exc))
+    report = corrections.apply(teacher, _picture)  # publishing the new gallery also stops stale cached answers
     log.info("job %s: %s", job.id, report.message)
-    return _finish(job, report.to_dict())
+    return finish_job(job, report.to_dict())

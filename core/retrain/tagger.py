@@ -47,7 +47,7 @@ from core.retrain.base import (
     TrainingContext,
     TrainProgress,
 )
-from core.retrain.detector import (
+from core.retrain.common import (
     STATE_FILE,
     base_manifest,
     finish,
