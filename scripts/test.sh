@@ -6,4 +6,5 @@ bash scripts/setup.sh worker,bot,dev
 bash scripts/ensure_redis.sh
 bash scripts/ensure_postgres.sh
 .venv/bin/ruff check .
+.venv/bin/python -m tests.models_cache  # the starter models the tests use: built once, cached under .cache/
 .venv/bin/python -m pytest "$@"

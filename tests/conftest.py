@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -23,45 +22,14 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("ANIBOT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _training_code_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(
-        [
-            *REPO.glob("core/training/*.py"),
-            REPO / "core/synth.py",
-            *REPO.glob("core/slots/*.py"),
-            REPO / "core/characters.py",
-            REPO / "core/store.py",
-            REPO / "core/real_faces.py",
-            REPO / "core/grounding.py",
-            REPO / "core/caption_claims.py",
-            REPO / "core/caption_eval.py",
-        ]
-    ):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def built_models() -> Path:
     """Starter models trained by `anibot models build` (same code path), plus a SQLite store with the enrolled
     gallery. Cached under .cache/ by a digest of the training code, so a local re-run reuses them;
     ANIBOT_TEST_MODELS_DIR points at a ready folder instead."""
-    ready = os.environ.get("ANIBOT_TEST_MODELS_DIR")
-    if ready:
-        return Path(ready)
-    root = REPO / ".cache" / "test-models" / _training_code_digest()
-    if (root / "complete").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    from core.settings import Settings
-    from core.training.build import BUILDERS, build_slot
+    from tests.models_cache import ensure_test_models
 
-    settings = Settings(models_dir=root / "models", data_dir=root, database_url="")
-    for slot in BUILDERS:
-        build_slot(settings, slot, seed=0)
-    (root / "complete").write_text("ok\n")
-    return root
+    return ensure_test_models()
 
 
 def copy_built_state(built_models: Path, data_dir: Path) -> None:
