@@ -16,6 +16,7 @@ from core.reference_crops import ReferenceCrops
 from core.slots.base import Embedder, HeadDetector
 from core.store import Store
 from core.synth import CAST, render_portrait
+from core.teaching import PreparedReference, prepare_reference, store_references
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,8 @@ class Reference:
 
 
 def head_crop(image: Image.Image, detector: HeadDetector | None) -> Image.Image:
-    """The best-scored detected head of a reference picture (queries are head crops too), else the picture."""
-    if detector is None:
-        return image
-    found = detector.detect(image)
-    if not found:
-        return image
-    box = max(found, key=lambda d: d.score).box
-    return image.crop((int(box.x1), int(box.y1), round(box.x2), round(box.y2)))
+    """The head of a reference picture as admins' references are cut (queries are head crops too)."""
+    return prepare_reference(image, "", detector).crop
 
 
 def enrol(
@@ -57,18 +52,8 @@ def enrol(
     With a ``detector``, each reference is cropped to its head first, so references and queries look alike;
     with ``crops``, the head crops are kept in the shared folder (a retrained embedder embeds them again).
     """
-    if not references:
-        raise ValueError(f"no reference images for {name!r}")
-    character_id = store.add_character(name, series)
-    heads = [head_crop(r.image, detector) for r in references]
-    if crops is not None:
-        for ref, head in zip(references, heads, strict=True):
-            crops.put(ref.sha256, head)
-    embeddings = embedder.embed(heads)
-    added = sum(
-        store.add_reference(character_id, ref.sha256, embedder.version, vector)
-        for ref, vector in zip(references, embeddings, strict=True)
-    )
+    prepared = [PreparedReference(ref.sha256, head_crop(ref.image, detector)) for ref in references]
+    added = store_references(store, embedder, name, series, prepared, crops)
     log.info("enrolled %s (%s): %d new of %d references", name, series or "-", added, len(references))
     return added
 

@@ -19,6 +19,7 @@ from typing import Protocol
 from PIL import Image
 
 from core.chat_store import Box, ChatStore, Correction, CorrectionStatus
+from core.results import Box as ResultBox
 from core.teaching import PreparedReference, TeachOutcome
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,7 @@ def reference_sha256(image_sha256: str, box: Box) -> str:
 
 def head_crop(image: Image.Image, box: Box) -> Image.Image:
     """The head as the pipeline crops it for identification (so the reference matches the query)."""
-    x1, y1, x2, y2 = box
-    return image.convert("RGB").crop((int(x1), int(y1), round(x2), round(y2)))
+    return image.convert("RGB").crop(ResultBox(*box).crop_region())
 
 
 def head_crop_png(image: Image.Image, box: Box, *, max_side: int = 512) -> bytes:

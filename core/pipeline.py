@@ -240,7 +240,7 @@ class AnalysisPipeline:
             return []
         assert self.slots.embedder is not None and self.gallery is not None
         crops = [
-            image.crop((int(d.box.x1), int(d.box.y1), round(d.box.x2), round(d.box.y2))) for d in detections
+            image.crop(d.box.crop_region()) for d in detections
         ]
         embeddings = self.slots.embedder.embed(crops)
         if embeddings_out is not None:

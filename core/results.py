@@ -29,6 +29,10 @@ class Box:
     def height(self) -> float:
         return max(0.0, self.y2 - self.y1)
 
+    def crop_region(self) -> tuple[int, int, int, int]:
+        """The pixel rectangle a head is cut with, everywhere (queries and references must be cut alike)."""
+        return int(self.x1), int(self.y1), round(self.x2), round(self.y2)
+
     def iou(self, other: Box) -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))

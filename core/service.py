@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.annotate import annotate, encode_png
-from core.intake import decode_image
+from core.intake import DecodedImage, decode_image
 from core.jobs import BlobStore, JobStore, Requester
 from core.kv import KeyValue
 from core.pipeline import AnalysisPipeline
@@ -83,22 +83,31 @@ class AnalysisService:
                 )
             return self._pipeline
 
-    def fingerprint(self) -> str:
-        fingerprint = self.pipeline.fingerprint()
+    def fingerprint(self, pipeline: AnalysisPipeline | None = None) -> str:
+        fingerprint = (pipeline or self.pipeline).fingerprint()
         self.cache.publish_fingerprint(fingerprint)
         return fingerprint
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Posted bytes, safely decoded within this deployment's limits (raises :class:`IntakeError`)."""
+        return decode_image(
+            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
+
+    def decode_blob(self, digest: str) -> DecodedImage:
+        """A stored picture, decoded; raises :class:`core.jobs.BlobNotFound` when it expired."""
+        return self.decode(self.blobs.get(digest))
 
     def analyze(
         self, data: bytes, *, top_n: int, requester: Requester | None = None, job_id: str | None = None
     ) -> AnalysisOutcome:
         """Analyse posted bytes. Raises :class:`core.intake.IntakeError` for bad input (nothing is stored)."""
         started = time.perf_counter()
-        decoded = decode_image(
-            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
-        )
+        decoded = self.decode(data)
         requester = requester or Requester()
         job_id = job_id or uuid.uuid4().hex
-        fingerprint = self.fingerprint()
+        pipeline = self.pipeline  # once per analysis: the models announcement is read once
+        fingerprint = self.fingerprint(pipeline)
         cached = self.cache.get(decoded.sha256, fingerprint, top_n)
         if cached is not None:
             result = AnalysisResult.from_dict(json.loads(self.blobs.get(cached.result_blob)))
@@ -108,7 +117,6 @@ class AnalysisService:
                 result, png, cached, cached=True, logged=self._log(job_id, result, requester, started)
             )
         self.cache.count_pipeline_run()
-        pipeline = self.pipeline
         embeddings: list[np.ndarray] = []
         result = pipeline.analyze(
             decoded.image, decoded.sha256, top_n=top_n, fingerprint=fingerprint, embeddings_out=embeddings

@@ -45,9 +45,33 @@ def prepare_reference(
         note = f"{label}: no head found, used the whole picture" if detector is not None else ""
         return PreparedReference(sha256, image.convert("RGB"), note)
     box = max(found, key=lambda d: (d.box.x2 - d.box.x1) * (d.box.y2 - d.box.y1)).box
-    crop = image.convert("RGB").crop((int(box.x1), int(box.y1), round(box.x2), round(box.y2)))
+    crop = image.convert("RGB").crop(box.crop_region())
     note = f"{label}: {len(found)} heads, used the largest" if len(found) > 1 else ""
     return PreparedReference(sha256, crop, note)
+
+
+def store_references(
+    store: Store,
+    embedder: Embedder,
+    name: str,
+    series: str,
+    references: Sequence[PreparedReference],
+    crops: ReferenceCrops | None = None,
+) -> int:
+    """Embed the head crops and store them as references of ``name`` (created when new); with ``crops``, the crops
+    are kept in the shared folder too. Returns how many references were new (a picture given before is skipped).
+    Publishing a gallery version is the caller's (several characters may be stored first)."""
+    if not references:
+        raise ValueError(f"no reference pictures for {name!r}")
+    if crops is not None:
+        for ref in references:
+            crops.put(ref.sha256, ref.crop)
+    vectors = embedder.embed([ref.crop for ref in references])
+    character_id = store.add_character(name, series)
+    return sum(
+        store.add_reference(character_id, ref.sha256, embedder.version, vector)
+        for ref, vector in zip(references, vectors, strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -127,18 +151,9 @@ class Teacher:
         progress: ProgressFn = _no_progress,
     ) -> TeachOutcome:
         """Store the references of a character (merging into an existing one) and publish a new gallery."""
-        if not references:
-            raise ValueError(f"no reference pictures for {name!r}")
         name, series = self.resolve(name, series)
         progress("embedding", 0.4)
-        for ref in references:
-            self.crops.put(ref.sha256, ref.crop)
-        vectors = self.embedder.embed([ref.crop for ref in references])
-        character_id = self.store.add_character(name, series)
-        added = sum(
-            self.store.add_reference(character_id, ref.sha256, self.embedder.version, vector)
-            for ref, vector in zip(references, vectors, strict=True)
-        )
+        added = store_references(self.store, self.embedder, name, series, references, self.crops)
         progress("indexing", 0.7)
         published = self.publish()
         total = self._count(name, series)

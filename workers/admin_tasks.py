@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from core.intake import IntakeError, decode_image
+from core.intake import IntakeError
 from core.jobs import BlobNotFound, Job, JobError, JobStatus
 from core.names import BadName, normalise_name
 from core.retrain.base import (
@@ -100,11 +100,7 @@ def add_character(self: AnibotTask, job_id: str) -> str:
     for index, digest in enumerate(digests, start=1):
         job = _progress(job, f"detecting heads ({index}/{len(digests)})", 0.05 + 0.3 * index / len(digests))
         try:
-            decoded = decode_image(
-                service.blobs.get(digest),
-                max_bytes=service.settings.max_image_bytes,
-                max_pixels=service.settings.max_image_pixels,
-            )
+            decoded = service.decode_blob(digest)
         except (IntakeError, BlobNotFound) as exc:
             message = getattr(exc, "user_message", "the picture expired.")
             return fail_job(job, "bad_reference", f"Picture {index}: {message} Nothing was added.")

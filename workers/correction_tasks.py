@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.chat_store import ChatStore
 from core.corrections import Corrections
-from core.intake import IntakeError, decode_image
+from core.intake import IntakeError
 from core.jobs import BlobNotFound
 from workers import runtime
 from workers.admin_tasks import fail_job, finish_job, start_job
@@ -27,10 +27,7 @@ def _picture(image_sha256: str) -> Image.Image | None:
     when it expired or no longer decodes."""
     service = runtime.service()
     try:
-        data = service.blobs.get(image_sha256)
-        return decode_image(
-            data, max_bytes=service.settings.max_image_bytes, max_pixels=service.settings.max_image_pixels
-        ).image
+        return service.decode_blob(image_sha256).image
     except BlobNotFound:
         return None
     except IntakeError as exc:

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from core.retrain.base import (
     TrainingContext,
     TrainProgress,
 )
+from core.retrain.common import retrained_name
 from core.retrain.promote import MODEL_STAGING, install_model, model_staging, verify
 from core.service import announce_models
 from core.settings import Settings
@@ -422,9 +422,8 @@ def _fine_tunable(manifest: Manifest | None) -> Manifest:
 
 
 def _model_name(base: str, job_id: str, models_dir: Path) -> str:
-    stem = re.sub(r"-r[0-9a-z]{4,12}$", "", base)
-    short = re.sub(r"[^0-9a-z]", "", job_id.lower())
-    name = f"{stem}-r{short[:8] or 'job'}"
+    """``<base>-r<short job id>`` (as every retrainer names its model), made unique among the installed ones."""
+    name = retrained_name(base, job_id)
     taken = models_dir / "embedder"
     suffix = 2
     candidate = name
