@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.replies import Reply
-from core.chat_store import ChatKind
-from core.jobs import Requester
+from core.chat.store import ChatKind
+from core.storage.jobs import Requester
 
 Progress = Callable[[Reply], Awaitable[None]]
 

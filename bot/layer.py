@@ -16,11 +16,11 @@ from bot.invocation import Invocation, Progress, no_progress
 from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
 from bot.replies import Button, Reply, ReplyKind, refusal
 from bot.waiting import JobWaiter
-from core.chat_store import ChatStore
-from core.kv import RedisKV
-from core.ratelimit import ActiveJobs, TokenBuckets
+from core.chat.ratelimit import ActiveJobs, TokenBuckets
+from core.chat.store import ChatStore
 from core.settings import Settings
-from core.store import Store
+from core.storage.kv import RedisKV
+from core.storage.store import Store
 from workers.client import QueueClient
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind
-from core.chat_store import ChatSettings
-from core.results import UNKNOWN, AnalysisResult, Head
+from core.chat.store import ChatSettings
+from core.vision.results import UNKNOWN, AnalysisResult, Head
 
 NSFW_RATINGS = frozenset({"questionable", "explicit"})
 SHOWN_TAGS = 15

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.jobs import DONE_PREFIX, Job, JobError, JobStatus
+from core.storage.jobs import DONE_PREFIX, Job, JobError, JobStatus
 from workers.client import QueueClient
 
 log = logging.getLogger(__name__)

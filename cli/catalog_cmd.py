@@ -1,7 +1,7 @@
 """The anime catalogue on the command line: ``anibot catalog import FILE``, ``anibot recommend TITLE``,
 ``anibot anime TITLE``, ``anibot search ...``, ``anibot fav add|remove|list`` and ``anibot eval recommend``.
 
-Every command goes through ``core.recommend.service.CatalogService``, as the bots' workers do."""
+Every command goes through ``core.catalog.service.CatalogService``, as the bots' workers do."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from cli.eval_cmd import eval_app
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from core.recommend.service import CatalogService
+    from core.catalog.service import CatalogService
 
 catalog_app = typer.Typer(
     help="The anime catalogue behind /recommend, /anime and /search.", no_args_is_help=True
@@ -33,8 +33,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the answer as JS
 
 
 def _service(settings: Settings | None = None, url: str | None = None) -> CatalogService:
-    from core.recommend.service import CatalogService
-    from core.store import Store
+    from core.catalog.service import CatalogService
+    from core.storage.store import Store
 
     settings = settings or get_settings()
     store = Store(url or settings.sqlalchemy_url)
@@ -54,7 +54,7 @@ def _progress() -> Progress:
 
 def _load(service: CatalogService, what: str = "embedding synopses") -> None:
     """Load (and embed what is new) with a progress bar; a refused embedder ends the command clearly."""
-    from core.recommend.embedders import EmbedderRefused
+    from core.catalog.embedders import EmbedderRefused
 
     try:
         with _progress() as progress:
@@ -91,7 +91,7 @@ def import_(
     embed: Annotated[bool, typer.Option(help="Embed the new synopses now (else on first use).")] = True,
 ) -> None:
     """Import (or update) titles from a MyAnimeList-derived CSV; re-importing is idempotent."""
-    from core.recommend.importer import CatalogueError, import_catalogue
+    from core.catalog.importer import CatalogueError, import_catalogue
 
     service = _service()
     started = time.perf_counter()
@@ -262,8 +262,8 @@ def eval_recommend(
     out: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("out/eval"),
 ) -> None:
     """Recommendations: franchise recall@10 and genre precision@10 (hybrid, synopsis only, metadata only, random)."""
-    from core.recommend.evaluation import evaluate, markdown
-    from core.recommend.importer import CatalogueError, import_catalogue
+    from core.catalog.evaluation import evaluate, markdown
+    from core.catalog.importer import CatalogueError, import_catalogue
 
     settings = get_settings()
     source = catalog or settings.catalog_file

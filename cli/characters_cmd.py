@@ -1,6 +1,6 @@
 """Teaching characters on the command line: ``anibot characters add|remove|list|reindex``.
 
-In process, through the same ``core.teaching.Teacher`` the workers' admin tasks use: a new gallery version is
+In process, through the same ``core.characters.teaching.Teacher`` the workers' admin tasks use: a new gallery version is
 published in the shared folder and announced through Redis (when reachable), so running workers pick it up on
 their next job.
 """
@@ -18,7 +18,7 @@ from rich.table import Table
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from core.teaching import Teacher
+    from core.characters.teaching import Teacher
 
 characters_app = typer.Typer(
     help="Teach, forget and list the characters the bot knows.", no_args_is_help=True
@@ -29,7 +29,7 @@ MAX_REFERENCES = 20
 
 def _announcer(settings: Settings):  # type: ignore[no-untyped-def]
     """Redis, when reachable (running workers then switch at once); else None (they read CURRENT)."""
-    from core.kv import RedisKV
+    from core.storage.kv import RedisKV
 
     kv = RedisKV(settings.redis_url)
     try:
@@ -42,11 +42,11 @@ def _announcer(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _teacher(settings: Settings, *, detector: bool = True) -> Teacher:
-    from core.gallery_versions import GalleryVersions
-    from core.pipeline import LoadedSlots
-    from core.shared_store import SharedStore
-    from core.store import Store
-    from core.teaching import Teacher
+    from core.analysis.pipeline import LoadedSlots
+    from core.characters.gallery_versions import GalleryVersions
+    from core.characters.teaching import Teacher
+    from core.storage.shared_store import SharedStore
+    from core.storage.store import Store
 
     store = Store.from_settings(settings)
     store.create_all()
@@ -69,9 +69,9 @@ def add(
     series: Annotated[str, typer.Option("--series", "-s", help="The series the character is from.")] = "",
 ) -> None:
     """Teach a character from reference pictures (one head each; the largest when several)."""
-    from core.intake import IntakeError, decode_image_file
-    from core.names import BadName, normalise_name
-    from core.teaching import prepare_reference
+    from core.characters.names import BadName, normalise_name
+    from core.characters.teaching import prepare_reference
+    from core.vision.intake import IntakeError, decode_image_file
 
     settings = get_settings()
     try:
@@ -112,7 +112,7 @@ def remove(
     ] = "",
 ) -> None:
     """Forget a character (a new gallery version without it is published)."""
-    from core.teaching import UnknownCharacter
+    from core.characters.teaching import UnknownCharacter
 
     teacher = _teacher(get_settings(), detector=False)
     try:
@@ -130,7 +130,7 @@ def list_characters(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The characters known, with their reference counts and last update."""
-    from core.store import Store
+    from core.storage.store import Store
 
     store = Store.from_settings(get_settings())
     store.create_all()

@@ -25,7 +25,7 @@ FacesOption = Annotated[
 
 def _installed(slot: str):
     """The active model of ``slot``, loaded, and its manifest; a clear exit when none is installed."""
-    from core.slots.registry import active_manifest, load_slot
+    from core.vision.slots.registry import active_manifest, load_slot
 
     settings = get_settings()
     manifest = active_manifest(settings.models_dir, slot)
@@ -50,7 +50,7 @@ def detector(
     out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
 ) -> None:
     """Head detection: mAP50 and mAP50-95 on held-out drawn scenes and scenes with pasted real (test) heads."""
-    from core.detection_eval import (
+    from core.evaluation.detection import (
         detection_markdown,
         evaluate_detector,
         heldout_pictures,
@@ -63,8 +63,10 @@ def detector(
     sets = {"drawn scenes": heldout_pictures(scenes)}
     if faces_dir is not None:
         sets["pasted real heads"] = heldout_pictures(scenes, faces_dir=faces_dir, real_share=1.0)
-    reports = {name: evaluate_detector(model, pictures, operating_confidence=operating)
-               for name, pictures in sets.items()}
+    reports = {
+        name: evaluate_detector(model, pictures, operating_confidence=operating)
+        for name, pictures in sets.items()
+    }
     text = detection_markdown(reports, f"Head detection: `{manifest.version}`")
     out.mkdir(parents=True, exist_ok=True)
     (out / "detector.md").write_text(text, encoding="utf-8")
@@ -80,7 +82,12 @@ def tagger(
     out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
 ) -> None:
     """Tagging: per-tag F1 and macro-F1 on synthetic scenes; hair and eye colour F1 on real faces."""
-    from core.tag_eval import evaluate_real_colours, evaluate_synthetic, tag_markdown, write_tag_plots
+    from core.evaluation.tagging import (
+        evaluate_real_colours,
+        evaluate_synthetic,
+        tag_markdown,
+        write_tag_plots,
+    )
 
     model, manifest = _installed("tagger")
     faces_dir = _faces(faces)
@@ -116,9 +123,10 @@ def identify(
     seed: Annotated[int, typer.Option(help="Seed of the reference and hold-out draws.")] = 0,
 ) -> None:
     """Identification: top-1/top-5 (closed set and few-shot) and unknown-rejection precision/recall."""
-    from core.evaluation import MARKDOWN_HEADER, evaluate_identification, load_folder_dataset, write_plots
-    from core.gallery import Calibration
-    from core.slots.registry import active_manifest, load_slot
+    from core.characters.gallery import Calibration
+    from core.datasets.folders import load_folder_dataset
+    from core.evaluation.identification import MARKDOWN_HEADER, evaluate_identification, write_plots
+    from core.vision.slots.registry import active_manifest, load_slot
 
     settings = get_settings()
     if not data.is_dir():
@@ -172,11 +180,13 @@ def identify(
 @eval_app.command("captioner")
 def captioner(
     scenes: Annotated[int, typer.Option(min=1, help="Synthetic scenes to caption.")] = 200,
-    seed_base: Annotated[int | None, typer.Option(help="First scene seed; default: a range no training uses.")] = None,
+    seed_base: Annotated[
+        int | None, typer.Option(help="First scene seed; default: a range no training uses.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the report and plot go.")] = Path("out/eval"),
 ) -> None:
     """Captions: the share whose stated attributes match the truth of synthetic scenes (raw and grounded)."""
-    from core.caption_eval import EVAL_SEED_BASE, evaluate_captioner, write_plot
+    from core.evaluation.captioning import EVAL_SEED_BASE, evaluate_captioner, write_plot
 
     model, _ = _installed("captioner")
     first = EVAL_SEED_BASE if seed_base is None else seed_base

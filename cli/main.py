@@ -23,11 +23,11 @@ from cli.characters_cmd import characters_app
 from cli.eval_cmd import eval_app
 from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
-from core.intake import IntakeError, read_image_file
-from core.jobs import Requester
 from core.logs import configure_logging
-from core.results import UNKNOWN, AnalysisResult, Box
 from core.settings import get_settings
+from core.storage.jobs import Requester
+from core.vision.intake import IntakeError, read_image_file
+from core.vision.results import UNKNOWN, AnalysisResult, Box
 
 app = typer.Typer(
     help="anibot: find, identify, tag and caption anime characters.",
@@ -225,9 +225,9 @@ def _progress() -> Progress:
 
 
 def _embedded_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
-    from core.kv import MemoryKV
-    from core.service import AnalysisService
-    from core.store import Store
+    from core.analysis.service import AnalysisService
+    from core.storage.kv import MemoryKV
+    from core.storage.store import Store
 
     store = Store.from_settings(settings)
     store.create_all()
@@ -332,7 +332,7 @@ def _score_demo(cases: list[DemoCase], analyse_one, out: Path, title: str) -> No
 
 
 def _synthetic_cases(folder: Path, scenes: int, seed: int) -> list[DemoCase]:
-    from core.synth import CAST_BY_KEY, render_scene
+    from core.datasets.synth import CAST_BY_KEY, render_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -348,7 +348,7 @@ def _synthetic_cases(folder: Path, scenes: int, seed: int) -> list[DemoCase]:
 
 def _real_face_cases(folder: Path, faces_dir: Path, scenes: int, seed: int) -> list[DemoCase]:
     """Pictures with held-out (test-split) real faces pasted in; the gallery holds training-split references."""
-    from core.real_faces import compose_scene, display_name, load_face_splits, load_images
+    from core.datasets.real_faces import compose_scene, display_name, load_face_splits, load_images
 
     test = load_face_splits(faces_dir).test
     faces = load_images(test)

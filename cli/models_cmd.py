@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from core.settings import Settings, get_settings
-from core.slots.catalog import (
+from core.vision.slots.catalog import (
     DEFAULT_CATALOG,
     CatalogEntry,
     CatalogError,
@@ -32,8 +32,16 @@ from core.slots.catalog import (
     RemoteFile,
     UnknownModel,
 )
-from core.slots.pull import HubSource, LocalSource, ProgressFn, PullError, PullResult, installed_folder, pull
-from core.slots.registry import SLOTS, ModelNotInstalled, active_manifest, installed, read_active
+from core.vision.slots.pull import (
+    HubSource,
+    LocalSource,
+    ProgressFn,
+    PullError,
+    PullResult,
+    installed_folder,
+    pull,
+)
+from core.vision.slots.registry import SLOTS, ModelNotInstalled, active_manifest, installed, read_active
 
 models_app = typer.Typer(help="Build, pull, list and choose models.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -48,7 +56,7 @@ CatalogOption = Annotated[
     typer.Option(
         "--catalog",
         dir_okay=False,
-        help="A catalogue file of your own, in the format of core/slots/catalog.json.",
+        help="A catalogue file of your own, in the format of core/vision/slots/catalog.json.",
     ),
 ]
 
@@ -75,7 +83,7 @@ def megabytes(size: int | None) -> str:
 
 
 def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, seed: int = 0) -> None:
-    from core.training.build import SMOKE_BUDGETS, build_slot
+    from core.learning.starter.build import SMOKE_BUDGETS, build_slot
 
     with Progress(
         TextColumn("[bold]{task.fields[slot]:<9}"),
@@ -101,7 +109,7 @@ def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, se
 
 
 def build_missing(settings: Settings) -> None:
-    from core.training.build import missing_slots
+    from core.learning.starter.build import missing_slots
 
     missing = missing_slots(settings)
     if missing:
@@ -125,7 +133,7 @@ def build(
     ] = None,
 ) -> None:
     """Train the starter models offline and install them."""
-    from core.training.build import BUILDERS, missing_slots
+    from core.learning.starter.build import BUILDERS, missing_slots
 
     settings = get_settings()
     if faces is not None:

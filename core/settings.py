@@ -6,6 +6,9 @@ working directory. Every field is listed, with a comment, in ``.env.example``.
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,6 +17,34 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+# the catalogue's metadata similarity weights (core.catalog.metadata): plain data, so settings import no domain
+RECOMMEND_WEIGHT_DEFAULTS: dict[str, float] = {
+    "genres": 3.0,
+    "themes": 2.0,
+    "demographic": 1.0,
+    "studios": 1.5,
+    "source": 0.5,
+    "kind": 0.5,
+    "episodes": 0.5,
+    "duration": 0.5,
+    "year": 1.0,
+    "score": 1.0,
+}
+
+
+def check_recommend_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Unknown names fail loudly, with the closest known one; negative weights too."""
+    for name, value in weights.items():
+        if name not in RECOMMEND_WEIGHT_DEFAULTS:
+            close = difflib.get_close_matches(name, list(RECOMMEND_WEIGHT_DEFAULTS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown metadata weight {name!r}{hint} (known: {', '.join(RECOMMEND_WEIGHT_DEFAULTS)})"
+            )
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"metadata weight {name!r} must be a finite number >= 0, got {value}")
+    return dict(weights)
 
 
 class Settings(BaseSettings):
@@ -67,7 +98,7 @@ class Settings(BaseSettings):
         "outlives the visibility timeout (its hard limit is the visibility timeout less a minute).",
     )
 
-    # --- teaching (core.teaching, core.retrain) --------------------------------------
+    # --- teaching (core.characters.teaching, core.learning.retrain) --------------------------------------
     gallery_keep_versions: int = Field(5, ge=2, description="Gallery versions kept in the shared folder.")
     corrections_auto_accept: int = Field(
         0,
@@ -157,7 +188,7 @@ class Settings(BaseSettings):
         description="Bearer token the REST API requires; empty = no authentication (keep it on loopback).",
     )
 
-    # --- recommendations (core.recommend) -------------------------------------------
+    # --- recommendations (core.catalog) -------------------------------------------
     catalog_file: Path | None = Field(
         None,
         description="Catalogue CSV (Anime Dataset 2023 or the 2020 database's layout) that `anibot eval recommend` "
@@ -195,9 +226,7 @@ class Settings(BaseSettings):
     @field_validator("recommend_weights")
     @classmethod
     def _known_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        from core.recommend.metadata import check_weights
-
-        return check_weights(weights)
+        return check_recommend_weights(weights)
 
     # --- logging ------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")

@@ -1,14 +1,14 @@
 """Benchmark: per-call latency and images/s of each active model slot, ONNX Runtime against eager torch.
 
-For each active slot, on synthetic scenes (``core.synth``) with 1 and 3 heads, on the CPU:
+For each active slot, on synthetic scenes (``core.datasets.synth``) with 1 and 3 heads, on the CPU:
 
 - detector: the active loader (``yolo-onnx``: ONNX Runtime) and the same weights through the other loader
   (``model.pt`` through ultralytics eager), per image;
-- embedder: the ONNX embedder and its ``model.pt`` in eager torch (``core.training.embedder.load_eager``),
+- embedder: the ONNX embedder and its ``model.pt`` in eager torch (``core.learning.starter.embedder.load_eager``),
   fed the very same preprocessed batch with the same flip test-time augmentation, 1 and 8 head crops a call;
-- tagger: the WD14 ONNX tagger and its ``model.pt`` in eager torch (``core.training.tagger.load_eager``);
+- tagger: the WD14 ONNX tagger and its ``model.pt`` in eager torch (``core.learning.starter.tagger.load_eager``);
 - captioner: whatever is active, its ``caption(image, heads, tags)`` call (heads and tags: the scene's truth);
-- the whole pipeline in process (``core.service``, as ``scripts/bench_pipeline.py`` runs it) on 1-head
+- the whole pipeline in process (``core.analysis.service``, as ``scripts/bench_pipeline.py`` runs it) on 1-head
   images, distinct so that each is a cache miss: p50/p95 seconds and the sum of the stages' own timings.
 
 ONNX and eager outputs are compared on the same inputs (embeddings, tag probabilities, boxes): a speed
@@ -37,16 +37,16 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.kv import MemoryKV  # noqa: E402
-from core.results import Box, Tag  # noqa: E402
-from core.service import AnalysisService  # noqa: E402
+from core.analysis.service import AnalysisService  # noqa: E402
+from core.datasets.synth import CAST_BY_KEY, Scene, render_scene  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.slots.base import Detection, IdentifiedHead, Manifest  # noqa: E402
-from core.slots.embedder import flip_average, preprocess  # noqa: E402
-from core.slots.registry import SLOTS, ModelNotInstalled, active_manifest, load_slot  # noqa: E402
-from core.slots.tagger import wd14_preprocess  # noqa: E402
-from core.store import Store  # noqa: E402
-from core.synth import CAST_BY_KEY, Scene, render_scene  # noqa: E402
+from core.storage.kv import MemoryKV  # noqa: E402
+from core.storage.store import Store  # noqa: E402
+from core.vision.results import Box, Tag  # noqa: E402
+from core.vision.slots.base import Detection, IdentifiedHead, Manifest  # noqa: E402
+from core.vision.slots.embedder import flip_average, preprocess  # noqa: E402
+from core.vision.slots.registry import SLOTS, ModelNotInstalled, active_manifest, load_slot  # noqa: E402
+from core.vision.slots.tagger import wd14_preprocess  # noqa: E402
 from scripts.benchmarking import (  # noqa: E402
     machine_line,
     pct,
@@ -80,7 +80,10 @@ ENGINES: dict[str, tuple[str, str]] = {
 }
 DETECTOR_WEIGHTS = {"yolo-onnx": "onnx", "yolo-pt": "pt"}  # detector format -> manifest file role it runs
 TORCH_ENGINE = "torch eager"
-EAGER_LOADERS = {"embedder": "core.training.embedder", "tagger": "core.training.tagger"}  # their load_eager
+EAGER_LOADERS = {
+    "embedder": "core.learning.starter.embedder",
+    "tagger": "core.learning.starter.tagger",
+}  # their load_eager
 
 
 # --- what is measured --------------------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.jobs import Requester  # noqa: E402
-from core.kv import MemoryKV, RedisKV  # noqa: E402
-from core.service import AnalysisService  # noqa: E402
+from core.analysis.service import AnalysisService  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.store import Store  # noqa: E402
+from core.storage.jobs import Requester  # noqa: E402
+from core.storage.kv import MemoryKV, RedisKV  # noqa: E402
+from core.storage.store import Store  # noqa: E402
 from scripts.benchmarking import machine_line, pct, scenes, stage_medians, timed_analyses  # noqa: E402
 
 

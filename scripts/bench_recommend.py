@@ -25,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.recommend.importer import import_catalogue  # noqa: E402
-from core.recommend.service import CatalogService, embed_text  # noqa: E402
+from core.catalog.importer import import_catalogue  # noqa: E402
+from core.catalog.service import CatalogService, embed_text  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.store import Store  # noqa: E402
+from core.storage.store import Store  # noqa: E402
 from scripts.benchmarking import pct  # noqa: E402
 
 AIM_P95_MS = 20.0
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"/recommend from 3 favourites: p50 {pct(ms, 50):.2f} ms, p95 {pct(ms, 95):.2f} ms")
 
         if args.embed_sample:
-            from core.recommend.embedders import load_text_embedder
+            from core.catalog.embedders import load_text_embedder
 
             sentence = load_text_embedder(
                 settings.model_copy(

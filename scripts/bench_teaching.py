@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.gallery import Calibration
-from core.gallery_versions import GalleryVersions
-from core.kv import MemoryKV
-from core.shared_store import SharedStore
-from core.store import Store
+from core.characters.gallery import Calibration
+from core.characters.gallery_versions import GalleryVersions
+from core.storage.kv import MemoryKV
+from core.storage.shared_store import SharedStore
+from core.storage.store import Store
 
 EMBEDDER = "bench-embedder@1"
 
@@ -36,7 +36,9 @@ def fill(store: Store, n: int, dim: int, rng: np.random.Generator) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 50_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--database-url", default="")
@@ -67,7 +69,9 @@ def main() -> None:
             identify_ms = (time.perf_counter() - started) * 1000 / 20
             folder = versions.folder(EMBEDDER)
             size_mb = sum(p.stat().st_size for p in folder.rglob("index.faiss")) / 2**20
-            print(f"{size:>10} {filled:>8.1f} {publish_ms:>9.0f} {load_ms:>8.0f} {identify_ms:>9.2f} {size_mb:>9.1f}")
+            print(
+                f"{size:>10} {filled:>8.1f} {publish_ms:>9.0f} {load_ms:>8.0f} {identify_ms:>9.2f} {size_mb:>9.1f}"
+            )
             if args.database_url:  # leave the caller's database as it was
                 for start in range(0, size, 5):
                     store.delete_character(f"character {start // 5:06d}", "bench")

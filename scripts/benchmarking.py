@@ -15,9 +15,9 @@ from typing import TypeVar
 
 from PIL import Image
 
-from core.jobs import Requester
-from core.service import AnalysisOutcome, AnalysisService
-from core.synth import render_scene
+from core.analysis.service import AnalysisOutcome, AnalysisService
+from core.datasets.synth import render_scene
+from core.storage.jobs import Requester
 
 T = TypeVar("T")
 PIPELINE_STAGES = ("detector", "identify", "tagger", "captioner")  # in the order they run

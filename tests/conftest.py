@@ -66,7 +66,7 @@ def model_settings(model_env: dict[str, str]):  # type: ignore[no-untyped-def]
 
 def empty_redis(url: str):  # type: ignore[no-untyped-def]
     """A Redis database, emptied. Fails in CI when Redis is down, skips the test elsewhere."""
-    from core.kv import RedisKV
+    from core.storage.kv import RedisKV
 
     kv = RedisKV(url)
     try:
@@ -158,7 +158,7 @@ STAND_IN_FACES = {
 @pytest.fixture(scope="session")
 def face_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder-per-character set in the moeimouto layout: train/NNN_name/*.png and test/NNN_name/*.png."""
-    from core.synth import render_portrait
+    from core.datasets.synth import render_portrait
 
     root = tmp_path_factory.mktemp("faces")
     for split, seeds in (("train", range(0, 8)), ("test", range(100, 104))):

@@ -17,17 +17,16 @@ def training_code_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted(
         [
-            *REPO.glob("core/training/*.py"),
-            REPO / "core/synth.py",
-            *REPO.glob("core/slots/*.py"),
-            REPO / "core/characters.py",
-            REPO / "core/store.py",
-            REPO / "core/real_faces.py",
-            REPO / "core/grounding.py",
-            REPO / "core/caption_claims.py",
-            REPO / "core/caption_eval.py",
-            REPO / "core/gallery_versions.py",
-            REPO / "core/reference_crops.py",
+            *REPO.glob("core/learning/starter/*.py"),
+            *REPO.glob("core/datasets/*.py"),
+            *REPO.glob("core/vision/slots/*.py"),
+            REPO / "core/characters/starter_cast.py",
+            REPO / "core/storage/store.py",
+            REPO / "core/vision/grounding.py",
+            REPO / "core/vision/caption_claims.py",
+            REPO / "core/evaluation/captioning.py",
+            REPO / "core/characters/gallery_versions.py",
+            REPO / "core/characters/reference_crops.py",
         ]
     ):
         digest.update(path.read_bytes())
@@ -44,8 +43,8 @@ def ensure_test_models() -> Path:
     if (root / "complete").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
+    from core.learning.starter.build import BUILDERS, build_slot
     from core.settings import Settings
-    from core.training.build import BUILDERS, build_slot
 
     print(f"building the test models in {root} (one time, a few minutes on a CPU)", file=sys.stderr)
     settings = Settings(models_dir=root / "models", data_dir=root, database_url="")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from core.annotate import PALETTE, UNKNOWN_COLOUR, _text_colour, annotate, encode_png, head_colours
-from core.fonts import FontChain
-from core.results import UNKNOWN, AnalysisResult, Box, Head
+from core.vision.annotate import PALETTE, UNKNOWN_COLOUR, _text_colour, annotate, encode_png, head_colours
+from core.vision.fonts import FontChain
+from core.vision.results import UNKNOWN, AnalysisResult, Box, Head
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 DROID = Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")

@@ -18,8 +18,8 @@ from jsonschema.validators import Draft202012Validator
 from bot.api.app import build_app
 from bot.api.openapi import openapi_document
 from bot.replies import Button, Reply, ReplyKind
-from core.jobs import Requester
-from core.synth import render_scene
+from core.datasets.synth import render_scene
+from core.storage.jobs import Requester
 
 pytestmark = pytest.mark.queue
 
@@ -217,7 +217,7 @@ def test_catalogue_routes(bot_stack):
         for path in ("/v1/recommend", "/v1/anime"):
             response = await client.get(path, params={"title": "Cowboy Bebop", "n": "7"})
             body = await response.json()
-            # the catalogue (core.recommend) may not be on this worker yet: then it says so
+            # the catalogue (core.catalog) may not be on this worker yet: then it says so
             assert response.status in (200, 404, 503), body
             validate(body, path, "get", response.status)
             if response.status == 503:

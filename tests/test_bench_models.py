@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.slots.registry import SLOTS
+from core.vision.slots.registry import SLOTS
 from scripts.bench_models import main
 
 pytestmark = pytest.mark.slow  # needs the built starter models

@@ -10,8 +10,8 @@ import pytest
 
 from bot.invocation import IncomingImage, Invocation
 from bot.replies import Reply, ReplyKind
-from core.chat_store import ChatKind
-from core.synth import render_scene
+from core.chat.store import ChatKind
+from core.datasets.synth import render_scene
 from tests.conftest import fresh_id
 
 pytestmark = pytest.mark.queue
@@ -153,7 +153,7 @@ def test_admin_commands_are_refused_to_others_and_logged(bot_stack, caplog, plat
 
 
 def test_an_admin_adds_and_removes_a_character_through_the_train_queue(bot_stack):
-    from core.synth import CAST, render_portrait
+    from core.datasets.synth import CAST, render_portrait
 
     layer = bot_stack.layer()
     refs = []
@@ -206,4 +206,7 @@ def test_catalogue_commands_through_the_cpu_worker(bot_stack):
     added = run(layer.command(invocation(args="add Trigun", user=user), "fav"))[0]
     assert "Trigun" in added.text
     from_favourites = run(layer.command(invocation(user=user), "recommend"))[0]
-    assert from_favourites.kind is ReplyKind.RESULT and "Trigun" not in from_favourites.plain_text().split("\n")[0]
+    assert (
+        from_favourites.kind is ReplyKind.RESULT
+        and "Trigun" not in from_favourites.plain_text().split("\n")[0]
+    )

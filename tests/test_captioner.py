@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.caption_claims import parse_caption
-from core.caption_eval import SceneTruth, evaluate_captioner, judge, write_plot
-from core.grounding import ground_caption, trusted_kinds
-from core.results import UNKNOWN, Tag
+from core.datasets.synth import CAST, CAST_BY_KEY, render_scene
+from core.evaluation.captioning import SceneTruth, evaluate_captioner, judge, write_plot
 from core.settings import Settings
-from core.slots.base import IdentifiedHead, Manifest, file_sha256
-from core.slots.captioner import GroundedTemplateCaptioner, template_caption
-from core.slots.registry import BUILTIN, active_manifest, load_slot, set_active
-from core.synth import CAST, CAST_BY_KEY, render_scene
+from core.vision.caption_claims import parse_caption
+from core.vision.grounding import ground_caption, trusted_kinds
+from core.vision.results import UNKNOWN, Tag
+from core.vision.slots.base import IdentifiedHead, Manifest, file_sha256
+from core.vision.slots.captioner import GroundedTemplateCaptioner, template_caption
+from core.vision.slots.registry import BUILTIN, active_manifest, load_slot, set_active
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -131,7 +131,7 @@ def test_from_pretrained_folder_loads_through_the_registry(tmp_path, make, fmt, 
 
 
 def test_folder_of_another_model_type_is_refused_with_the_supported_ones(tmp_path):
-    from core.slots.hf_captioner import detect_architecture
+    from core.vision.slots.hf_captioner import detect_architecture
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(ValueError, match="vision-encoder-decoder"):
@@ -142,7 +142,7 @@ def test_builtin_template_stays_the_fallback_and_can_be_chosen_by_name(tmp_path)
     assert active_manifest(tmp_path, "captioner") == BUILTIN["captioner"]
     set_active(tmp_path, "captioner", "grounded-template")
     assert active_manifest(tmp_path, "captioner") == BUILTIN["captioner"]
-    from core.training.build import missing_slots
+    from core.learning.starter.build import missing_slots
 
     assert "captioner" in missing_slots(Settings(models_dir=tmp_path))
 
@@ -282,8 +282,8 @@ def test_claims_of_an_untrusted_kind_are_not_taken_from_the_model():
 
 @pytest.fixture(scope="module")
 def smoke_captioner(tmp_path_factory) -> Manifest:
-    from core.training.build import SMOKE_BUDGETS
-    from core.training.captioner import train_starter_captioner
+    from core.learning.starter.build import SMOKE_BUDGETS
+    from core.learning.starter.captioner import train_starter_captioner
 
     out = tmp_path_factory.mktemp("captioner")
     seen: list[float] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.recommend.importer import (
+from core.catalog.importer import (
     CatalogueError,
     detect_layout,
     import_catalogue,
@@ -21,10 +21,10 @@ from core.recommend.importer import (
     read_catalogue,
     split_genres,
 )
-from core.recommend.shipped import SHIPPED_CATALOGUE, ensure_catalogue, load_shipped
-from core.recommend.titles import franchise_keys
+from core.catalog.shipped import SHIPPED_CATALOGUE, ensure_catalogue, load_shipped
+from core.catalog.titles import franchise_keys
 from core.settings import Settings
-from core.store import AnimeRecord, Base, Store
+from core.storage.store import AnimeRecord, Base, Store
 from tests.conftest import REPO, shared_data_dir
 
 HEADER_2023 = (
@@ -60,7 +60,7 @@ CSV_2020_SYNOPSIS = (
     "MAL_ID,Name,Score,Genres,sypnopsis\n"
     '1,Cowboy Bebop,8.78,"Action, Adventure, Comedy, Drama, Sci-Fi, Space","In the year 2071, ""Cowboys"" hunt '
     'bounties, aboard the Bebop."\n'
-    "8,Bouken Ou Beet,6.93,\"Adventure, Fantasy, Shounen, Supernatural\",Unknown\n"
+    '8,Bouken Ou Beet,6.93,"Adventure, Fantasy, Shounen, Supernatural",Unknown\n'
 )
 
 
@@ -105,8 +105,18 @@ def test_2023_layout_missing_values_quoted_commas_and_duplicates(tmp_path):
     assert (bebop.episodes, bebop.year, bebop.duration_min, bebop.members) == (26, 1998, 24.0, 1771505)
     assert bebop.producers == "Bandai Visual" and bebop.studios == "Sunrise"
     eyeshield = records[1]
-    assert (eyeshield.score, eyeshield.episodes, eyeshield.synopsis, eyeshield.english_title) == (None, None, "", "")
-    assert (eyeshield.year, eyeshield.duration_min, eyeshield.studios, eyeshield.image_url) == (None, None, "", "")
+    assert (eyeshield.score, eyeshield.episodes, eyeshield.synopsis, eyeshield.english_title) == (
+        None,
+        None,
+        "",
+        "",
+    )
+    assert (eyeshield.year, eyeshield.duration_min, eyeshield.studios, eyeshield.image_url) == (
+        None,
+        None,
+        "",
+        "",
+    )
     movie = records[2]
     assert movie.other_names == "Bebop Movie" and movie.japanese_title == ""  # not Japanese: another name
     assert (movie.duration_min, movie.year, movie.studios) == (115.0, 2001, "Bones")
@@ -211,7 +221,7 @@ def test_shipped_catalogue_is_off_when_disabled(tmp_path):
 
 def test_shipped_catalogue_is_packaged_and_in_the_2023_layout():
     assert SHIPPED_CATALOGUE.is_file()
-    assert 'core.recommend" = ["data/catalogue.csv"]' in (REPO / "pyproject.toml").read_text()
+    assert 'core.catalog" = ["data/catalogue.csv"]' in (REPO / "pyproject.toml").read_text()
     header = next(csv.reader(io.StringIO(SHIPPED_CATALOGUE.read_text(encoding="utf-8"))))
     assert detect_layout(header) == "2023"
 

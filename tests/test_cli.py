@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from core.synth import render_scene
+from core.datasets.synth import render_scene
 from tests.conftest import REPO
 
 
 def expected_names(settings, paths: list[Path]) -> list[list[str]]:  # type: ignore[no-untyped-def]
     """What the pipeline itself answers for these files, with the same models and gallery."""
-    from core.kv import MemoryKV
-    from core.service import AnalysisService
-    from core.store import Store
+    from core.analysis.service import AnalysisService
+    from core.storage.kv import MemoryKV
+    from core.storage.store import Store
 
     service = AnalysisService(settings, MemoryKV(), Store.from_settings(settings))
     return [[h.name for h in service.analyze(p.read_bytes(), top_n=5).result.heads] for p in paths]
@@ -105,7 +105,9 @@ def test_refused_input_prints_its_message_and_exits_nonzero(tmp_path):
 @pytest.mark.slow
 def test_demo_scores_synthetic_scenes_and_pasted_real_faces(model_env, face_set, tmp_path):
     out = tmp_path / "demo"
-    done = run_cli(["demo", "--scenes", "2", "--out", str(out)], {**model_env, "ANIBOT_FACES_DIR": str(face_set)})
+    done = run_cli(
+        ["demo", "--scenes", "2", "--out", str(out)], {**model_env, "ANIBOT_FACES_DIR": str(face_set)}
+    )
     assert done.returncode == 0, done.stderr
     text = done.stdout + done.stderr
     synthetic = text.split("Synthetic scenes: heads found ")[1].split(";")[0]

@@ -11,16 +11,16 @@ import pytest
 from PIL import Image
 from sqlalchemy import inspect, text
 
-from core.chat_store import ChatStore, Correction, CorrectionStatus
-from core.corrections import (
+from core.characters.corrections import (
     AUTO_REVIEWER,
     EXPIRED_REASON,
     Corrections,
     head_crop,
     reference_sha256,
 )
-from core.store import Store
-from core.teaching import PreparedReference, TeachOutcome
+from core.characters.teaching import PreparedReference, TeachOutcome
+from core.chat.store import ChatStore, Correction, CorrectionStatus
+from core.storage.store import Store
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -198,7 +198,7 @@ def test_an_older_correction_table_gets_the_new_columns(tmp_path):
 
 
 def _scene_bytes(seed: int) -> bytes:
-    from core.synth import render_scene
+    from core.datasets.synth import render_scene
 
     buffer = io.BytesIO()
     render_scene(seed).image.save(buffer, format="PNG")

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from core.settings import Settings
-from core.slots.base import Detection, HeadDetector, Manifest, file_sha256
-from core.slots.detector import (
+from core.vision.slots.base import Detection, HeadDetector, Manifest, file_sha256
+from core.vision.slots.detector import (
     DETECTOR_LOADERS,
     Letterbox,
     OnnxYoloDetector,
@@ -19,7 +19,7 @@ from core.slots.detector import (
     nms,
     parse_metadata,
 )
-from core.slots.ultralytics_env import ultralytics_offline
+from core.vision.slots.ultralytics_env import ultralytics_offline
 
 pytest.importorskip("ultralytics")
 pytest.importorskip("onnxruntime")
@@ -240,7 +240,7 @@ def test_loaders_and_ultralytics_detector(
 
 
 def test_train_starter_detector_tiny(tmp_path: Path, yolo_config: Path) -> None:
-    from core.training.detector import train_starter_detector
+    from core.learning.starter.detector import train_starter_detector
 
     stages: list[tuple[str, float]] = []
     out = tmp_path / "out"
@@ -276,8 +276,8 @@ def test_train_starter_detector_tiny(tmp_path: Path, yolo_config: Path) -> None:
 
 def test_importing_ultralytics_keeps_intake_answers(yolo_config: Path) -> None:
     """ultralytics patches PIL.Image.open to install a HEIF plugin on unknown files; intake must not notice."""
-    from core.intake import NotAnImage, decode_image
-    from core.slots.ultralytics_env import ultralytics_offline
+    from core.vision.intake import NotAnImage, decode_image
+    from core.vision.slots.ultralytics_env import ultralytics_offline
 
     ultralytics_offline(yolo_config)
     from ultralytics import YOLO  # noqa: F401

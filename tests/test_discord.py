@@ -22,7 +22,7 @@ from bot.discord.app import ACK_EMOJI, CONTEXT_MENU, build_bot, run
 from bot.discord.render import EMBED_LIMIT, MESSAGE_LIMIT, render
 from bot.layer import CommandLayer
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind
-from core.synth import render_scene
+from core.datasets.synth import render_scene
 
 pytestmark = pytest.mark.queue
 

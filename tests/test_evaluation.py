@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.evaluation import evaluate_identification, load_folder_dataset, split_protocol, write_plots
-from core.gallery import Calibration
-from core.synth import CAST, render_portrait
+from core.characters.gallery import Calibration
+from core.datasets.folders import load_folder_dataset
+from core.datasets.synth import CAST, render_portrait
+from core.evaluation.identification import evaluate_identification, split_protocol, write_plots
 
 
 class HairColourEmbedder:

@@ -8,10 +8,10 @@ import pytest
 
 from bot.registry import COMMANDS, Permission
 from bot.replies import Button, Reply, ReplyField, split_text
-from core.chat_store import ChatKind, ChatSettings, ChatStore, Correction, TitleLanguage
-from core.names import BadName, normalise_name, split_name_and_series
-from core.ratelimit import ActiveJobs, BucketRule, TokenBuckets
-from core.store import Store
+from core.characters.names import BadName, normalise_name, split_name_and_series
+from core.chat.ratelimit import ActiveJobs, BucketRule, TokenBuckets
+from core.chat.store import ChatKind, ChatSettings, ChatStore, Correction, TitleLanguage
+from core.storage.store import Store
 
 
 def test_split_text_keeps_every_word_within_the_limit():

@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from core.gallery import Calibration, Gallery, GalleryItem, Identification, fit_threshold_and_calibration
-from core.results import UNKNOWN
-from core.slots.base import Manifest, file_sha256
-from core.slots.embedder import EMBEDDER_LOADERS, OnnxEmbedder
+from core.characters.gallery import (
+    Calibration,
+    Gallery,
+    GalleryItem,
+    Identification,
+    fit_threshold_and_calibration,
+)
+from core.vision.results import UNKNOWN
+from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.embedder import EMBEDDER_LOADERS, OnnxEmbedder
 
 CAL = Calibration(scale=20.0, shift=0.5)
 A = GalleryItem("Aoi", "Skies", "a" * 64)
@@ -278,7 +284,7 @@ def test_timm_embedder_loads_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> None:
-    from core.training.embedder import train_starter_embedder
+    from core.learning.starter.embedder import train_starter_embedder
 
     seen: list[float] = []
     manifest = train_starter_embedder(
@@ -306,7 +312,7 @@ def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> No
         assert key in loaded.extra
     assert loaded.version == manifest.version
     embedder = EMBEDDER_LOADERS[loaded.format](loaded, None)
-    from core.synth import render_portrait
+    from core.datasets.synth import render_portrait
 
     out = embedder.embed([render_portrait("aoi", 1), render_portrait("momo", 2)])
     assert out.shape == (2, loaded.extra["embedding_dim"])
@@ -314,16 +320,21 @@ def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> No
 
 
 def test_resize_mode_pads_or_stretches_crops() -> None:
-    from core.slots.embedder import SQUARING, preprocess, squaring
+    from core.vision.slots.embedder import SQUARING, preprocess, squaring
 
     wide = Image.new("RGB", (40, 10), (255, 0, 0))
     ImageDraw.Draw(wide).rectangle((20, 0, 39, 9), fill=(0, 0, 255))  # left half red, right half blue
     padded = preprocess([wide], 8, (0, 0, 0), (1, 1, 1), with_mirror=False, resize="pad")
     stretched = preprocess([wide], 8, (0, 0, 0), (1, 1, 1), with_mirror=False, resize="stretch")
-    assert stretched[0, 0, 0, 0] > 0.99 and stretched[0, 0, -1, 0] > 0.99  # red from the top row to the bottom
+    assert (
+        stretched[0, 0, 0, 0] > 0.99 and stretched[0, 0, -1, 0] > 0.99
+    )  # red from the top row to the bottom
     assert padded[0, 0, 0, 0] < 0.6 < 0.9 < padded[0, 0, 4, 0]  # edge-coloured padding above the red band
     assert set(SQUARING) == {"pad", "stretch"}
     ok = Manifest(slot="embedder", name="m", format="onnx-embedder", extra={"resize": "stretch"})
-    assert squaring(ok) == "stretch" and squaring(Manifest(slot="embedder", name="m", format="onnx-embedder")) == "pad"
+    assert (
+        squaring(ok) == "stretch"
+        and squaring(Manifest(slot="embedder", name="m", format="onnx-embedder")) == "pad"
+    )
     with pytest.raises(ValueError, match="resize"):
         squaring(Manifest(slot="embedder", name="m", format="onnx-embedder", extra={"resize": "crop"}))

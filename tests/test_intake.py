@@ -1,4 +1,4 @@
-"""Tests of core.intake with real image files crafted in memory with Pillow (no mocks)."""
+"""Tests of core.vision.intake with real image files crafted in memory with Pillow (no mocks)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.intake import (
+from core.settings import Settings
+from core.vision.intake import (
     ACCEPTED_FORMATS,
     CorruptImage,
     DecodedImage,
@@ -26,7 +27,6 @@ from core.intake import (
     decode_image_file,
     image_sha256,
 )
-from core.settings import Settings
 
 MAX_BYTES: int = Settings.model_fields["max_image_bytes"].default
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from core.jobs import BlobNotFound, BlobStore, JobError, JobStatus, JobStore, Requester
-from core.kv import MemoryKV
-from core.result_cache import CachedAnalysis, ResultCache, cache_key
+from core.storage.jobs import BlobNotFound, BlobStore, JobError, JobStatus, JobStore, Requester
+from core.storage.kv import MemoryKV
+from core.storage.result_cache import CachedAnalysis, ResultCache, cache_key
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -9,12 +9,12 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from core.kv import MemoryKV
-from core.pipeline import AnalysisPipeline
-from core.results import RESULT_JSON_SCHEMA, UNKNOWN
-from core.service import AnalysisService
-from core.store import Store
-from core.synth import CAST_BY_KEY, render_scene
+from core.analysis.pipeline import AnalysisPipeline
+from core.analysis.service import AnalysisService
+from core.datasets.synth import CAST_BY_KEY, render_scene
+from core.storage.kv import MemoryKV
+from core.storage.store import Store
+from core.vision.results import RESULT_JSON_SCHEMA, UNKNOWN
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,9 @@ def test_character_not_in_gallery_comes_back_unknown_and_cache_follows_gallery(s
     assert [h.name for h in first.result.heads] == [CAST_BY_KEY["momo"].name]
     assert service.analyze(data, top_n=5).cached
     assert service.store.delete_character(CAST_BY_KEY["momo"].name, CAST_BY_KEY["momo"].series)
-    # what serves is the published gallery: the index job publishes a version without her (core.teaching)
-    from core.gallery_versions import GalleryVersions
-    from core.shared_store import SharedStore
+    # what serves is the published gallery: the index job publishes a version without her (core.characters.teaching)
+    from core.characters.gallery_versions import GalleryVersions
+    from core.storage.shared_store import SharedStore
 
     versions = GalleryVersions(SharedStore(service.settings.shared_path), service.kv)
     assert versions.publish(service.store, service.pipeline.embedder_version).switched

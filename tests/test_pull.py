@@ -28,9 +28,9 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from core.settings import Settings, get_settings
-from core.slots.base import Manifest
-from core.slots.catalog import DEFAULT_CATALOG, CatalogEntry, CatalogError, Catalogue
-from core.slots.pull import (
+from core.vision.slots.base import Manifest
+from core.vision.slots.catalog import DEFAULT_CATALOG, CatalogEntry, CatalogError, Catalogue
+from core.vision.slots.pull import (
     STAGING_DIR,
     DigestMismatch,
     HubRefused,
@@ -41,8 +41,8 @@ from core.slots.pull import (
     UnverifiedFiles,
     pull,
 )
-from core.slots.registry import LOADERS, SLOTS, active_manifest, load_slot, read_active, set_active
-from core.slots.tagger import TagDef, write_selected_tags
+from core.vision.slots.registry import LOADERS, SLOTS, active_manifest, load_slot, read_active, set_active
+from core.vision.slots.tagger import TagDef, write_selected_tags
 from tests.conftest import REPO
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -50,7 +50,7 @@ REPO_ID = "anibot-tests/wd14-stand-in"
 TOKEN = "hf_test_secret_token_42"
 NAME = "wd14-stand-in"
 
-# the manifest roles each format's loader reads (core/slots/{detector,embedder,tagger}.py)
+# the manifest roles each format's loader reads (core/vision/slots/{detector,embedder,tagger}.py)
 ROLES_BY_FORMAT = {
     "yolo-onnx": {"onnx"},
     "yolo-pt": {"pt"},
@@ -495,7 +495,7 @@ def test_builtin_catalogue_is_pinned_and_loadable() -> None:
     for item in raw["models"]:
         assert item["slot"] in SLOTS
         assert item["format"] in LOADERS, item["name"]
-        module = LOADERS[item["format"]].split(":")[0]  # e.g. core.slots.tagger for a tagger format
+        module = LOADERS[item["format"]].split(":")[0]  # e.g. core.vision.slots.tagger for a tagger format
         assert item["slot"] in module.rsplit(".", 1)[-1], (
             f"{item['name']}: {item['format']} is no {item['slot']}"
         )
@@ -550,7 +550,7 @@ def test_malformed_catalogue_entries_fail_loudly(change: dict[str, Any], message
 def test_pull_and_catalogue_import_no_model_runtime() -> None:
     heavy = ("torch", "onnxruntime", "ultralytics", "timm", "transformers")
     code = (
-        "import sys, core.slots.pull, core.slots.catalog, cli.models_cmd; "
+        "import sys, core.vision.slots.pull, core.vision.slots.catalog, cli.models_cmd; "
         f"loaded = sorted(m for m in {heavy!r} if m in sys.modules); "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )

@@ -6,10 +6,10 @@ import io
 
 import pytest
 
-from core.jobs import JobStatus, Requester
-from core.result_cache import ResultCache
-from core.store import Store
-from core.synth import render_scene
+from core.datasets.synth import render_scene
+from core.storage.jobs import JobStatus, Requester
+from core.storage.result_cache import ResultCache
+from core.storage.store import Store
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.queue
@@ -23,8 +23,8 @@ def scene_png(seed: int, **kwargs: object) -> tuple[bytes, object]:
 
 
 def in_process(settings, data: bytes):  # type: ignore[no-untyped-def]
-    from core.kv import MemoryKV
-    from core.service import AnalysisService
+    from core.analysis.service import AnalysisService
+    from core.storage.kv import MemoryKV
 
     return AnalysisService(settings, MemoryKV(), Store.from_settings(settings)).analyze(data, top_n=5).result
 
@@ -63,7 +63,7 @@ def test_enqueue_then_result_then_duplicate_from_cache(redis_kv, model_env, mode
 
 
 def test_bad_input_is_refused_before_enqueue(redis_kv, model_settings):
-    from core.intake import NotAnImage
+    from core.vision.intake import NotAnImage
 
     client = make_client(model_settings)
     with pytest.raises(NotAnImage):

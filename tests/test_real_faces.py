@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.detection_eval import LabelledPicture, average_precision, evaluate_detector, iou_matrix, match
-from core.real_faces import CANONICAL_LOOKS, compose_scene, load_face_splits, load_images
-from core.results import Box
-from core.slots.base import Detection
-from core.tag_eval import f1_per_tag, is_eye_colour, is_hair_colour
-from core.training.tagger import synth_vocabulary, weakly_known
+from core.datasets.real_faces import CANONICAL_LOOKS, compose_scene, load_face_splits, load_images
+from core.evaluation.detection import LabelledPicture, average_precision, evaluate_detector, iou_matrix, match
+from core.evaluation.tagging import f1_per_tag, is_eye_colour, is_hair_colour
+from core.learning.starter.tagger import synth_vocabulary, weakly_known
+from core.vision.results import Box
+from core.vision.slots.base import Detection
 
 
 def test_splits_keep_the_test_split_and_carve_validation_from_train(face_set: Path):
@@ -92,10 +92,16 @@ def test_evaluate_detector_counts_misses_and_localisation():
 def test_tag_f1_and_colour_families():
     truth = [{"blonde_hair", "red_eyes"}, {"brown_hair", "green_eyes"}, {"brown_hair", "green_eyes"}]
     said = [{"blonde_hair", "red_eyes"}, {"brown_hair", "blue_eyes"}, {"blonde_hair", "green_eyes"}]
-    f1, support = f1_per_tag(truth, said, {"blonde_hair", "brown_hair", "red_eyes", "green_eyes", "blue_eyes"})
+    f1, support = f1_per_tag(
+        truth, said, {"blonde_hair", "brown_hair", "red_eyes", "green_eyes", "blue_eyes"}
+    )
     assert f1["blonde_hair"] == pytest.approx(2 / 3) and f1["brown_hair"] == pytest.approx(2 / 3)
     assert f1["blue_eyes"] == 0.0 and support["blue_eyes"] == 0
-    assert is_hair_colour("aqua_hair") and not is_hair_colour("long_hair") and not is_hair_colour("very_long_hair")
+    assert (
+        is_hair_colour("aqua_hair")
+        and not is_hair_colour("long_hair")
+        and not is_hair_colour("very_long_hair")
+    )
     assert is_eye_colour("grey_eyes") and not is_eye_colour("closed_eyes")
 
 

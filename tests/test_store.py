@@ -1,4 +1,4 @@
-"""core.store against SQLite (tmp file) and PostgreSQL (a throwaway database, skipped when unreachable)."""
+"""core.storage.store against SQLite (tmp file) and PostgreSQL (a throwaway database, skipped when unreachable)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from core.store import AnalysisLogRecord, AnimeRecord, Base, CharacterInfo, Store
+from core.storage.store import AnalysisLogRecord, AnimeRecord, Base, CharacterInfo, Store
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

@@ -6,11 +6,11 @@ import hashlib
 import subprocess
 import sys
 
-from core.synth import BACKGROUNDS, CAST, CAST_BY_KEY, render_portrait, render_scene
+from core.datasets.synth import BACKGROUNDS, CAST, CAST_BY_KEY, render_portrait, render_scene
 from tests.conftest import REPO
 
 DIGEST = (
-    "import hashlib; from core.synth import render_scene; "
+    "import hashlib; from core.datasets.synth import render_scene; "
     "print(hashlib.sha256(render_scene({seed}).image.tobytes()).hexdigest())"
 )
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from core.settings import Settings
-from core.slots.base import Manifest, file_sha256
-from core.slots.tagger import (
+from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.tagger import (
     CATEGORY_RATING,
     TAGGER_LOADERS,
     TagDef,
@@ -55,7 +55,7 @@ class BiasModel(torch.nn.Module):
 
 
 def export_stand_in(path: Path, logits: np.ndarray, size: int = 448) -> Path:
-    from core.training.common import export_onnx
+    from core.learning.starter.common import export_onnx
 
     return export_onnx(
         BiasModel(logits),
@@ -217,8 +217,8 @@ def test_no_rating_vocabulary_gives_no_rating(tmp_path: Path) -> None:
 
 
 def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
-    from core.synth import render_scene
-    from core.training.tagger import synth_vocabulary, train_starter_tagger
+    from core.datasets.synth import render_scene
+    from core.learning.starter.tagger import synth_vocabulary, train_starter_tagger
 
     stages: list[tuple[str, float]] = []
     manifest = train_starter_tagger(
@@ -257,8 +257,8 @@ def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
 
 
 def test_vocabulary_covers_every_synthetic_tag() -> None:
-    from core.synth import render_scene
-    from core.training.tagger import synth_vocabulary
+    from core.datasets.synth import render_scene
+    from core.learning.starter.tagger import synth_vocabulary
 
     vocab = set(synth_vocabulary())
     seen = {tag for seed in range(40) for tag in render_scene(seed).tags}

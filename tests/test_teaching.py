@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.gallery_versions import POINTER_NAME, GalleryVersions, version_folder
-from core.kv import MemoryKV
-from core.pipeline import GalleryProvider
-from core.results import UNKNOWN
-from core.shared_store import SharedStore
-from core.store import Store
-from core.synth import CAST_BY_KEY, render_portrait, render_scene
+from core.analysis.pipeline import GalleryProvider
+from core.characters.gallery_versions import POINTER_NAME, GalleryVersions, version_folder
+from core.datasets.synth import CAST_BY_KEY, render_portrait, render_scene
+from core.storage.kv import MemoryKV
+from core.storage.shared_store import SharedStore
+from core.storage.store import Store
+from core.vision.results import UNKNOWN
 from tests.conftest import wait_for
 
-NEWCOMER = "natsu"  # a cast member the embedder never trained on (its holdout), removed from the gallery first
+NEWCOMER = (
+    "natsu"  # a cast member the embedder never trained on (its holdout), removed from the gallery first
+)
 NEW_NAME = "Hoshino Natsu"
 NEW_SERIES = "Blue Archive"
 
@@ -52,7 +54,7 @@ def test_a_published_version_is_switched_atomically_and_loaded(tmp_path):
     assert versions.announced("emb@1") == first.manifest.version
     assert (first.manifest.n_references, first.manifest.n_characters) == (3, 2)
     gallery = versions.load("emb@1", first.manifest.version)
-    from core.gallery import Calibration
+    from core.characters.gallery import Calibration
 
     found = gallery.identify(b[None, :], top_n=2, threshold=0.9, calibration=Calibration())
     assert found[0].name == "B" and [c.name for c in found[0].candidates] == ["B", "A"]
@@ -76,7 +78,10 @@ def test_a_process_killed_during_the_switch_leaves_the_previous_version_serving(
     versions = GalleryVersions(shared, MemoryKV())
     before = versions.publish(store, "emb@1").manifest.version
     provider = GalleryProvider(store, "emb@1", 8, versions)
-    assert provider.current()[0].identify(b[None, :], top_n=1, threshold=0.99, calibration=_cal())[0].name == UNKNOWN
+    assert (
+        provider.current()[0].identify(b[None, :], top_n=1, threshold=0.99, calibration=_cal())[0].name
+        == UNKNOWN
+    )
 
     store.add_reference(store.add_character("B"), "b".ljust(64, "0"), "emb@1", b)
 
@@ -86,7 +91,7 @@ def test_a_process_killed_during_the_switch_leaves_the_previous_version_serving(
     def die(point: str) -> None:
         raise Killed(point)
 
-    monkeypatch.setattr("core.gallery_versions.fault_point", die)
+    monkeypatch.setattr("core.characters.gallery_versions.fault_point", die)
     with pytest.raises(Killed):
         versions.publish(store, "emb@1")
     # the new version's folder is complete, but CURRENT still names the old one, which keeps serving
@@ -122,7 +127,7 @@ def test_a_corrupt_version_is_never_served(tmp_path):
 
 
 def _cal():  # type: ignore[no-untyped-def]
-    from core.gallery import Calibration
+    from core.characters.gallery import Calibration
 
     return Calibration()
 
@@ -131,8 +136,8 @@ def _cal():  # type: ignore[no-untyped-def]
 
 
 def _teacher(settings, kv=None):  # type: ignore[no-untyped-def]
-    from core.pipeline import LoadedSlots
-    from core.teaching import Teacher
+    from core.analysis.pipeline import LoadedSlots
+    from core.characters.teaching import Teacher
 
     store = Store.from_settings(settings)
     store.create_all()
@@ -142,7 +147,7 @@ def _teacher(settings, kv=None):  # type: ignore[no-untyped-def]
 
 
 def test_a_reference_with_several_heads_uses_the_largest_and_says_so(model_settings):
-    from core.teaching import prepare_reference
+    from core.characters.teaching import prepare_reference
 
     teacher = _teacher(model_settings)
     scene = render_scene(5_500_003, characters=["aoi", "rin", "momo"], size=(640, 384))
@@ -174,7 +179,7 @@ def _newcomer_scene() -> bytes:
 
 def _forget_newcomer(settings) -> int:  # type: ignore[no-untyped-def]
     """Take the newcomer out of the gallery; returns the gallery version published without it."""
-    from core.slots.registry import active_manifest
+    from core.vision.slots.registry import active_manifest
 
     spec = CAST_BY_KEY[NEWCOMER]
     store = Store.from_settings(settings)
@@ -184,8 +189,8 @@ def _forget_newcomer(settings) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_teaching_in_process_names_the_new_character_without_reloading(model_settings):
-    from core.service import AnalysisService
-    from core.teaching import prepare_reference
+    from core.analysis.service import AnalysisService
+    from core.characters.teaching import prepare_reference
 
     kv = MemoryKV()
     _forget_newcomer(model_settings)
@@ -210,8 +215,8 @@ def test_teaching_in_process_names_the_new_character_without_reloading(model_set
 
 
 def test_every_analysed_head_is_logged_with_its_embedding(model_settings):
-    from core.jobs import Requester
-    from core.service import AnalysisService
+    from core.analysis.service import AnalysisService
+    from core.storage.jobs import Requester
 
     service = AnalysisService(model_settings, MemoryKV(), Store.from_settings(model_settings))
     data = _png(render_scene(6_700_002, characters=["aoi", "rin"], size=(512, 384)).image)
@@ -247,7 +252,11 @@ def _inv(*images: bytes, args: str = "", user: str = "admin"):  # type: ignore[n
         return IncomingImage(fetch, size=len(data), filename="ref.png")
 
     return Invocation(
-        platform="test", chat_id=fresh_id(), user_id=user, args=args, images=tuple(incoming(d) for d in images)
+        platform="test",
+        chat_id=fresh_id(),
+        user_id=user,
+        args=args,
+        images=tuple(incoming(d) for d in images),
     )
 
 
@@ -258,7 +267,9 @@ def _names(layer, data: bytes) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.queue
-def test_add_then_identify_then_remove_through_a_running_worker(redis_kv, model_env, model_settings, start_worker):
+def test_add_then_identify_then_remove_through_a_running_worker(
+    redis_kv, model_env, model_settings, start_worker
+):
     _forget_newcomer(model_settings)
     worker = start_worker(model_env, queues="gpu,train")
     layer = _admin_layer(model_settings)
@@ -282,7 +293,7 @@ def test_add_then_identify_then_remove_through_a_running_worker(redis_kv, model_
 def test_a_worker_killed_during_the_index_switch_leaves_the_previous_gallery_serving(
     redis_kv, model_env, model_settings, start_worker
 ):
-    from core.jobs import JobStatus, Requester
+    from core.storage.jobs import JobStatus, Requester
     from workers.celery_app import ADD_CHARACTER_TASK
     from workers.client import QueueClient
 
@@ -340,7 +351,7 @@ def test_the_characters_cli_adds_lists_and_removes(model_env, model_settings, tm
     listed = run_cli(["characters", "list", "--json", "--series", "blue"], env)
     assert [(c["name"], c["references"]) for c in json.loads(listed.stdout)] == [(NEW_NAME, 3)]
 
-    from core.service import AnalysisService
+    from core.analysis.service import AnalysisService
 
     service = AnalysisService(model_settings, MemoryKV(), Store.from_settings(model_settings))
     assert [h.name for h in service.analyze(_newcomer_scene(), top_n=3).result.heads] == [NEW_NAME]
@@ -356,8 +367,8 @@ def test_one_training_job_at_a_time_and_cancel_stops_it(
 ):
     import shutil
 
-    from core.jobs import JobStatus
-    from core.slots.registry import read_active
+    from core.storage.jobs import JobStatus
+    from core.vision.slots.registry import read_active
 
     # a copy of the models: a retrain that got promoted must not change the models other tests use
     models = tmp_path / "models"
@@ -377,7 +388,9 @@ def test_one_training_job_at_a_time_and_cancel_stops_it(
     second = asyncio.run(layer.command(_inv(args="detector"), "retrain"))[0]
     assert second.code == "job_running" and job_id[:8] in second.text
 
-    assert wait_for(lambda: layer.client.jobs.require(job_id).status is JobStatus.RUNNING, 120), worker.output()[-3000:]
+    assert wait_for(lambda: layer.client.jobs.require(job_id).status is JobStatus.RUNNING, 120), (
+        worker.output()[-3000:]
+    )
     cancelled = asyncio.run(layer.command(_inv(args=f"cancel {job_id[:8]}"), "jobs"))[0]
     assert cancelled.data == {"job_id": job_id}, cancelled
     finished = layer.client.wait(job_id, timeout_s=300)

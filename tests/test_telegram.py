@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from bot.telegram.app import build_application
-from core.synth import render_scene
+from core.datasets.synth import render_scene
 from tests.conftest import fresh_id
 from tests.fake_telegram import FakeBotAPI
 
@@ -198,7 +198,10 @@ def test_refusals_oversize_and_admin_commands(bot_stack):
             api.push("message", api.message(chat, chat, text=f"/{command} x"))
         api.push("message", api.message(group, chat, chat_type="group", text="/settings auto on"))
         await api.wait_for(
-            lambda: len(api.sent("sendMessage", chat)) >= 1 + len(ADMIN_COMMANDS) and api.sent("sendMessage", group)
+            lambda: (
+                len(api.sent("sendMessage", chat)) >= 1 + len(ADMIN_COMMANDS)
+                and api.sent("sendMessage", group)
+            )
         )
         api.push("message", api.message(ADMIN, ADMIN, text="/characters"))
         await api.wait_for(lambda: api.sent("sendMessage", ADMIN))

@@ -7,22 +7,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.real_faces import load_face_splits
-from core.slots.base import Manifest, file_sha256
+from core.datasets.real_faces import load_face_splits
+from core.vision.slots.base import Manifest, file_sha256
 
 
 def test_embedder_trains_on_faces_but_never_on_unseen_characters(tmp_path: Path, face_set: Path) -> None:
-    from core.training.embedder import load_eager, train_starter_embedder
+    from core.learning.starter.embedder import load_eager, train_starter_embedder
 
     manifest = train_starter_embedder(
-        tmp_path / "model", epochs=1, steps_per_epoch=2, batch_size=12, input_size=32, n_scenes=12,
-        portraits_per_character=2, extra_identities=4, extra_renders=2, val_scenes=10, thumbnail=2,
-        faces_dir=face_set, unseen_real=("hatsune_miku",),
+        tmp_path / "model",
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=12,
+        input_size=32,
+        n_scenes=12,
+        portraits_per_character=2,
+        extra_identities=4,
+        extra_renders=2,
+        val_scenes=10,
+        thumbnail=2,
+        faces_dir=face_set,
+        unseen_real=("hatsune_miku",),
     )
     extra = manifest.extra
     assert extra["real_unseen"] == ["hatsune_miku"]
-    assert sorted(extra["real_characters_trained"]) == ["fate_testarossa", "kinomoto_sakura",
-                                                        "lelouch_lamperouge"]
+    assert sorted(extra["real_characters_trained"]) == [
+        "fate_testarossa",
+        "kinomoto_sakura",
+        "lelouch_lamperouge",
+    ]
     for key in ("real_closed_top1", "real_closed_top1_unseen", "real_fewshot_k5_top1_unseen"):
         assert 0.0 <= extra[key] <= 1.0
     assert extra["real_val_queries"] == len(load_face_splits(face_set).val)
@@ -30,8 +43,8 @@ def test_embedder_trains_on_faces_but_never_on_unseen_characters(tmp_path: Path,
     # the eager weights are the exported ones
     import torch
 
-    from core.slots.embedder import OnnxEmbedder, to_tensor
-    from core.synth import render_portrait
+    from core.datasets.synth import render_portrait
+    from core.vision.slots.embedder import OnnxEmbedder, to_tensor
 
     assert manifest.sha256["model.pt"] == file_sha256(manifest.path("torch"))
     crop = render_portrait("aoi", 5).resize((32, 32))
@@ -43,9 +56,11 @@ def test_embedder_trains_on_faces_but_never_on_unseen_characters(tmp_path: Path,
 
 
 def test_tagger_learns_canonical_looks_weakly(tmp_path: Path, face_set: Path) -> None:
-    from core.training.tagger import train_starter_tagger
+    from core.learning.starter.tagger import train_starter_tagger
 
-    manifest = train_starter_tagger(tmp_path / "tagger", n_train=8, epochs=1, input_size=64, faces_dir=face_set)
+    manifest = train_starter_tagger(
+        tmp_path / "tagger", n_train=8, epochs=1, input_size=64, faces_dir=face_set
+    )
     splits = load_face_splits(face_set)
     assert manifest.extra["n_real_train"] == len(splits.train)
     assert manifest.extra["n_train"] == 8
@@ -57,7 +72,7 @@ def test_tagger_learns_canonical_looks_weakly(tmp_path: Path, face_set: Path) ->
 
 
 def test_detector_dataset_pastes_test_faces_only_into_validation(tmp_path: Path, face_set: Path) -> None:
-    from core.training.detector import write_yolo_dataset
+    from core.learning.starter.detector import write_yolo_dataset
 
     splits = load_face_splits(face_set)
     data_yaml = write_yolo_dataset(tmp_path, n_train=4, n_val=3, seed=5, faces=splits, real_share=1.0)
@@ -82,8 +97,11 @@ def test_eval_detector_and_tagger_write_reports(built_models: Path, face_set: Pa
     get_settings.cache_clear()
     runner = CliRunner()
     try:
-        result = runner.invoke(app, ["eval", "detector", "--faces", str(face_set), "--scenes", "12",
-                                     "--out", str(tmp_path / "eval")], env=env)
+        result = runner.invoke(
+            app,
+            ["eval", "detector", "--faces", str(face_set), "--scenes", "12", "--out", str(tmp_path / "eval")],
+            env=env,
+        )
         assert result.exit_code == 0, result.output
         report = (tmp_path / "eval" / "detector.md").read_text()
         assert "| drawn scenes | 12 |" in report and "| pasted real heads | 12 |" in report
@@ -91,8 +109,11 @@ def test_eval_detector_and_tagger_write_reports(built_models: Path, face_set: Pa
         assert drawn >= 0.8  # mAP50 of the starter detector on its own kind of scenes
         assert (tmp_path / "eval" / "detector-pr.png").stat().st_size > 5000
 
-        result = runner.invoke(app, ["eval", "tagger", "--faces", str(face_set), "--scenes", "20",
-                                     "--out", str(tmp_path / "eval")], env=env)
+        result = runner.invoke(
+            app,
+            ["eval", "tagger", "--faces", str(face_set), "--scenes", "20", "--out", str(tmp_path / "eval")],
+            env=env,
+        )
         assert result.exit_code == 0, result.output
         report = (tmp_path / "eval" / "tagger.md").read_text()
         synthetic = float(report.split("| synthetic scenes | 20 |")[1].split("|")[0])

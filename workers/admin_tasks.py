@@ -18,10 +18,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from core.intake import IntakeError
-from core.jobs import BlobNotFound, Job, JobError, JobStatus
-from core.names import BadName, normalise_name
-from core.retrain.base import (
+from core.characters.names import BadName, normalise_name
+from core.characters.teaching import UnknownCharacter, prepare_reference
+from core.learning.retrain.base import (
     TRAINING_DIR,
     Cancelled,
     NothingToLearn,
@@ -33,8 +32,9 @@ from core.retrain.base import (
     work_dir,
 )
 from core.settings import Settings
-from core.shared_store import SharedStore
-from core.teaching import UnknownCharacter, prepare_reference
+from core.storage.jobs import BlobNotFound, Job, JobError, JobStatus
+from core.storage.shared_store import SharedStore
+from core.vision.intake import IntakeError
 from workers import runtime
 from workers.celery_app import (
     ADD_CHARACTER_TASK,

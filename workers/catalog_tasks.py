@@ -1,4 +1,4 @@
-"""The catalogue task on the ``cpu`` queue: one operation of core.recommend's CatalogService per job.
+"""The catalogue task on the ``cpu`` queue: one operation of core.catalog's CatalogService per job.
 
 Read-only operations and favourites (set semantics) are safe to redeliver, hence ``acks_late``.
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from core.jobs import JobError, JobStatus
 from core.settings import get_settings
+from core.storage.jobs import JobError, JobStatus
 from workers import runtime
 from workers.celery_app import CATALOG_TASK, app
 from workers.tasks import AnibotTask
@@ -33,7 +33,7 @@ OPERATIONS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 @lru_cache(maxsize=1)
 def catalog() -> Any:
     """The catalogue service of this worker process (index and embedder loaded once, lazily)."""
-    from core.recommend.service import CatalogService
+    from core.catalog.service import CatalogService
 
     return CatalogService(get_settings(), runtime.service().store)
 
@@ -51,7 +51,7 @@ def catalog_query(self: AnibotTask, job_id: str) -> str:
         return "failed"
     try:
         service = catalog()
-    except ImportError as exc:  # core.recommend (or its libraries) missing on this worker
+    except ImportError as exc:  # core.catalog (or its libraries) missing on this worker
         log.error("catalogue unavailable on this worker: %s", exc)
         jobs.update(
             job,

@@ -78,7 +78,7 @@ def make_app(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
-        task_ignore_result=True,  # job state and results live in the job store (core.jobs), not in Celery
+        task_ignore_result=True,  # job state and results live in the job store (core.storage.jobs), not in Celery
         # one direct exchange per queue: a task sent to "gpu" lands in the gpu queue only
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="cpu",

@@ -13,12 +13,12 @@ from typing import Any
 
 from celery import Celery
 
-from core.intake import decode_image
-from core.jobs import BlobStore, Job, JobError, JobStatus, JobStore, Requester
-from core.kv import RedisKV
-from core.result_cache import ResultCache
-from core.results import AnalysisResult
 from core.settings import Settings
+from core.storage.jobs import BlobStore, Job, JobError, JobStatus, JobStore, Requester
+from core.storage.kv import RedisKV
+from core.storage.result_cache import ResultCache
+from core.vision.intake import decode_image
+from core.vision.results import AnalysisResult
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES, make_app
 
 
@@ -53,7 +53,7 @@ class QueueClient:
     def submit_analysis(self, data: bytes, *, requester: Requester, top_n: int | None = None) -> Job:
         """Validate, store the bytes, and enqueue; a duplicate of a finished analysis is answered at once.
 
-        Raises :class:`core.intake.IntakeError` for bad input, before anything is stored or enqueued.
+        Raises :class:`core.vision.intake.IntakeError` for bad input, before anything is stored or enqueued.
         """
         top_n = top_n or self.settings.top_n
         decoded = decode_image(

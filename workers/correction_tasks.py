@@ -10,10 +10,10 @@ import logging
 
 from PIL import Image
 
-from core.chat_store import ChatStore
-from core.corrections import Corrections
-from core.intake import IntakeError
-from core.jobs import BlobNotFound
+from core.characters.corrections import Corrections
+from core.chat.store import ChatStore
+from core.storage.jobs import BlobNotFound
+from core.vision.intake import IntakeError
 from workers import runtime
 from workers.admin_tasks import fail_job, finish_job, start_job
 from workers.celery_app import APPLY_CORRECTIONS_TASK, app
@@ -43,11 +43,15 @@ def apply_corrections(self: AnibotTask, job_id: str) -> str:
     service = runtime.service()
     corrections = Corrections(ChatStore(service.store))
     if not corrections.to_apply():
-        return finish_job(job, {"message": "No approved corrections were waiting to be applied.", "applied": []})
+        return finish_job(
+            job, {"message": "No approved corrections were waiting to be applied.", "applied": []}
+        )
     try:
         teacher = runtime.teacher()
     except runtime.NoEmbedder as exc:
         return fail_job(job, "no_embedder", str(exc))
-    report = corrections.apply(teacher, _picture)  # publishing the new gallery also stops stale cached answers
+    report = corrections.apply(
+        teacher, _picture
+    )  # publishing the new gallery also stops stale cached answers
     log.info("job %s: %s", job.id, report.message)
     return finish_job(job, report.to_dict())

@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from core.gallery_versions import GalleryVersions
-from core.kv import RedisKV
-from core.service import AnalysisService
+from core.analysis.service import AnalysisService
+from core.characters.gallery_versions import GalleryVersions
+from core.characters.teaching import Teacher
 from core.settings import get_settings
-from core.shared_store import SharedStore
-from core.store import Store
-from core.teaching import Teacher
+from core.storage.kv import RedisKV
+from core.storage.shared_store import SharedStore
+from core.storage.store import Store
 
 
 @lru_cache(maxsize=1)

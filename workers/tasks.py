@@ -10,9 +10,9 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 
-from core.intake import IntakeError
-from core.jobs import BlobNotFound, JobError, JobStatus
 from core.settings import get_settings
+from core.storage.jobs import BlobNotFound, JobError, JobStatus
+from core.vision.intake import IntakeError
 from workers import runtime
 from workers.celery_app import ANALYZE_TASK, app
 

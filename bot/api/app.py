@@ -22,10 +22,10 @@ from bot.commands.catalog import PAGE as RECOMMEND_PAGE
 from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
 from bot.replies import Reply, ReplyKind
-from core.chat_store import ChatKind
-from core.intake import IntakeError, too_many_bytes
-from core.jobs import Job, JobStatus
+from core.chat.store import ChatKind
 from core.settings import Settings
+from core.storage.jobs import Job, JobStatus
+from core.vision.intake import IntakeError, too_many_bytes
 
 log = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("bot.api.access")  # never headers: the bearer token stays out of the logs

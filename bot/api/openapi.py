@@ -100,7 +100,7 @@ JOB = {
 }
 CATALOG_ANSWER = {
     "type": "object",
-    "description": "the catalogue's answer (core.recommend): `items` for /v1/recommend, `anime` for /v1/anime; "
+    "description": "the catalogue's answer (core.catalog): `items` for /v1/recommend, `anime` for /v1/anime; "
     "`message` alone when there is nothing to list",
     "properties": {
         "items": {"type": "array", "items": {"type": "object"}},

@@ -10,9 +10,9 @@ from bot.invocation import Invocation, Progress
 from bot.registry import COMMANDS, Permission
 from bot.replies import Reply, ReplyField, ReplyKind, refusal
 from bot.waiting import WaitOutcome
-from core.intake import IntakeError
-from core.jobs import Job, JobStatus
-from core.names import BadName, split_name_and_series
+from core.characters.names import BadName, split_name_and_series
+from core.storage.jobs import Job, JobStatus
+from core.vision.intake import IntakeError
 from workers.celery_app import (
     ADD_CHARACTER_TASK,
     REINDEX_TASK,

@@ -14,12 +14,12 @@ from bot.registry import BUTTONS, COMMANDS
 from bot.render import analysis_reply, candidates_reply
 from bot.replies import Reply, ReplyKind, refusal
 from bot.waiting import Waited, WaitOutcome
-from core.chat_store import Correction
-from core.intake import IntakeError, too_many_bytes
-from core.jobs import Job, JobStatus
-from core.names import BadName, split_name_and_series
-from core.ratelimit import BucketRule
-from core.results import UNKNOWN, AnalysisResult
+from core.characters.names import BadName, split_name_and_series
+from core.chat.ratelimit import BucketRule
+from core.chat.store import Correction
+from core.storage.jobs import Job, JobStatus
+from core.vision.intake import IntakeError, too_many_bytes
+from core.vision.results import UNKNOWN, AnalysisResult
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from bot.invocation import Invocation, Progress
 from bot.registry import BUTTONS, COMMANDS
 from bot.replies import Button, Reply, ReplyField, ReplyKind, refusal
 from bot.waiting import WaitOutcome
-from core.chat_store import ChatSettings, TitleLanguage
-from core.jobs import JobStatus
+from core.chat.store import ChatSettings, TitleLanguage
+from core.storage.jobs import JobStatus
 from workers.celery_app import CATALOG_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from bot.invocation import Invocation, Progress
 from bot.registry import COMMANDS, Permission
 from bot.replies import Reply, ReplyField, ReplyKind
-from core.chat_store import TitleLanguage
+from core.chat.store import TitleLanguage
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:

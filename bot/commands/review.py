@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from bot.invocation import Invocation, Progress
 from bot.registry import BUTTONS, COMMANDS, Permission
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind, refusal
-from core.corrections import Corrections, PendingReview, head_crop_png
-from core.intake import IntakeError, decode_image
-from core.jobs import BlobNotFound, Job
+from core.characters.corrections import Corrections, PendingReview, head_crop_png
+from core.storage.jobs import BlobNotFound, Job
+from core.vision.intake import IntakeError, decode_image
 from workers.celery_app import APPLY_CORRECTIONS_TASK
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from bot.invocation import IncomingImage, Invocation, Progress
 from bot.layer import CommandLayer, new_error_id
 from bot.registry import Command, Permission
 from bot.replies import Reply, ReplyKind
-from core.chat_store import ChatKind
+from core.chat.store import ChatKind
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

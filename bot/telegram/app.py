@@ -31,7 +31,7 @@ from bot.layer import CommandLayer, new_error_id
 from bot.registry import Permission
 from bot.replies import Reply, ReplyKind
 from bot.telegram.render import caption_and_rest, keyboard, message_chunks
-from core.chat_store import ChatKind
+from core.chat.store import ChatKind
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,244 @@
+"""Users' corrections of wrong names, from "Wrong? Tell me who" to a gallery reference.
+
+A correction names one head of one picture. It waits (``pending``) until an admin approves it in /review, or
+until ``corrections_auto_accept`` different users gave the same name (case-insensitively) for the same head of
+the same picture. Approved corrections are applied by the ``anibot.corrections.apply`` task: the head is cut out
+of the kept picture and taught as a reference of the named character. A correction whose picture expired before
+that ends ``expired`` with its reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+from core.characters.teaching import PreparedReference, TeachOutcome
+from core.chat.store import Box, ChatStore, Correction, CorrectionStatus
+from core.vision.results import Box as ResultBox
+
+log = logging.getLogger(__name__)
+
+AUTO_REVIEWER = "auto"  # the reviewer of a correction accepted because enough users agreed
+EXPIRED_REASON = "the picture expired before the correction was applied"
+# corrections that still count as a user's say (a rejected one does not)
+_STANDING = (CorrectionStatus.PENDING, CorrectionStatus.APPROVED, CorrectionStatus.APPLIED)
+
+
+def reference_sha256(image_sha256: str, box: Box) -> str:
+    """The identity of the reference a corrected head becomes: its picture and where the head is in it (one
+    picture can teach several heads; the same head approved twice adds one reference)."""
+    text = f"{image_sha256}:" + ",".join(f"{v:.1f}" for v in box)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def head_crop(image: Image.Image, box: Box) -> Image.Image:
+    """The head as the pipeline crops it for identification (so the reference matches the query)."""
+    return image.convert("RGB").crop(ResultBox(*box).crop_region())
+
+
+def head_crop_png(image: Image.Image, box: Box, *, max_side: int = 512) -> bytes:
+    """The head crop as a PNG for a reviewer (at most ``max_side`` pixels a side)."""
+    crop = head_crop(image, box)
+    crop.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    crop.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What became of a correction a user just gave."""
+
+    correction: Correction
+    agreeing: int  # different users (this one included) who gave this name for this head
+    accepted: tuple[int, ...] = ()  # ids approved just now because enough users agreed
+
+
+@dataclass(frozen=True)
+class PendingReview:
+    correction: Correction
+    agreeing: int
+    waiting: int  # pending corrections in all, this one included
+
+
+class Teaches(Protocol):
+    """What applying needs of :class:`core.characters.teaching.Teacher`."""
+
+    def add(self, name: str, series: str, references: Sequence[PreparedReference]) -> TeachOutcome: ...
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    applied: tuple[Correction, ...] = ()
+    expired: tuple[Correction, ...] = ()
+    taught: tuple[str, ...] = ()  # the characters' names as the gallery has them, in order, once each
+    gallery_version: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def message(self) -> str:
+        if not self.applied and not self.expired:
+            return "No approved corrections were waiting to be applied."
+        parts = []
+        if self.applied:
+            n = len(self.applied)
+            parts.append(f"Added {n} correction{'s' * (n != 1)} as references ({', '.join(self.taught)}).")
+        if self.expired:
+            n = len(self.expired)
+            which = ", ".join(f"#{c.id} {c.label}" for c in self.expired)
+            parts.append(
+                f"{n} correction{'s' * (n != 1)} could not be applied because the picture expired ({which})."
+            )
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "message": self.message,
+            "applied": [c.id for c in self.applied],
+            "expired": [c.id for c in self.expired],
+            "characters": list(self.taught),
+            "gallery_version": self.gallery_version,
+        }
+
+
+class Corrections:
+    """The review rules over the corrections kept in a :class:`ChatStore`."""
+
+    def __init__(self, chats: ChatStore, *, auto_accept: int = 0) -> None:
+        self.chats = chats
+        self.auto_accept = auto_accept  # N > 0: N different users agreeing accept a correction
+
+    # --- giving and agreeing -----------------------------------------------------------------------------
+
+    def _agreeing(self, correction: Correction) -> list[Correction]:
+        """The standing corrections that give this correction's name to its head (case-insensitively)."""
+        same_head = self.chats.corrections(image_sha256=correction.image_sha256, head=correction.head)
+        folded = correction.name.casefold()
+        return [c for c in same_head if c.status in _STANDING and c.name.casefold() == folded]
+
+    def agreeing(self, correction: Correction) -> int:
+        """Different users who gave this name for this head (one user saying it twice counts once)."""
+        return len({c.user_key for c in self._agreeing(correction)})
+
+    def record(self, correction: Correction) -> Recorded:
+        """Keep a user's correction; with enough agreeing users, accept them all (the caller queues the apply
+        job when ``accepted`` is not empty)."""
+        correction_id = self.chats.add_correction(correction)
+        stored = self.chats.correction(correction_id)
+        assert stored is not None
+        agreeing = self._agreeing(stored)
+        users = len({c.user_key for c in agreeing})
+        accepted: list[int] = []
+        if self.auto_accept > 0 and users >= self.auto_accept:
+            pending = [c.id for c in agreeing if c.status == CorrectionStatus.PENDING and c.id is not None]
+            accepted = self.chats.set_correction_status(
+                pending,
+                CorrectionStatus.APPROVED,
+                expected=CorrectionStatus.PENDING,
+                reviewer=AUTO_REVIEWER,
+                reason=f"{users} users agreed",
+            )
+            log.info(
+                "corrections %s accepted: %d users agree on head %d of %s",
+                accepted,
+                users,
+                stored.head,
+                stored.image_sha256[:12],
+            )
+            stored = self.chats.correction(correction_id) or stored
+        return Recorded(stored, users, tuple(accepted))
+
+    # --- review ------------------------------------------------------------------------------------------
+
+    def next_pending(self, after_id: int = 0) -> PendingReview | None:
+        """The oldest pending correction (after ``after_id``: Skip moves on), with how many users agree."""
+        waiting = self.chats.corrections(status=CorrectionStatus.PENDING)
+        later = [c for c in waiting if c.id is not None and c.id > after_id]
+        if not later:
+            return None
+        return PendingReview(later[0], self.agreeing(later[0]), len(waiting))
+
+    def approve(self, correction_id: int, reviewer: str) -> Correction | None:
+        """Approve a pending correction; None when it is not pending (already reviewed, or no such id)."""
+        return self._review(correction_id, CorrectionStatus.APPROVED, reviewer)
+
+    def reject(self, correction_id: int, reviewer: str) -> Correction | None:
+        return self._review(correction_id, CorrectionStatus.REJECTED, reviewer)
+
+    def _review(self, correction_id: int, status: CorrectionStatus, reviewer: str) -> Correction | None:
+        changed = self.chats.set_correction_status(
+            [correction_id], status, expected=CorrectionStatus.PENDING, reviewer=reviewer
+        )
+        if not changed:
+            return None
+        log.info("correction %d %s by %s", correction_id, status, reviewer)
+        return self.chats.correction(correction_id)
+
+    # --- applying ----------------------------------------------------------------------------------------
+
+    def to_apply(self) -> list[Correction]:
+        return self.chats.corrections(status=CorrectionStatus.APPROVED)
+
+    def apply(self, teacher: Teaches, picture: Callable[[str], Image.Image | None]) -> ApplyReport:
+        """Teach every approved correction not applied yet. ``picture`` gives the decoded picture of an image
+        sha256, or None when it expired. Safe to run twice: references are keyed by picture and box, and a
+        correction is marked applied only after its reference was stored."""
+        approved = self.to_apply()
+        expired: list[Correction] = []
+        groups: dict[tuple[str, str], list[tuple[Correction, PreparedReference]]] = {}
+        pictures: dict[str, Image.Image | None] = {}
+        for correction in approved:
+            assert correction.id is not None
+            sha = correction.image_sha256
+            if sha not in pictures:
+                pictures[sha] = picture(sha) if sha else None
+            image = pictures[sha]
+            if image is None or correction.box is None:
+                expired.append(correction)
+                continue
+            reference = PreparedReference(
+                sha256=reference_sha256(sha, correction.box), crop=head_crop(image, correction.box), note=""
+            )
+            key = (correction.name.casefold(), correction.series.casefold())
+            groups.setdefault(key, []).append((correction, reference))
+        if expired:
+            self.chats.set_correction_status(
+                [c.id for c in expired if c.id is not None],
+                CorrectionStatus.EXPIRED,
+                expected=CorrectionStatus.APPROVED,
+                reason=EXPIRED_REASON,
+            )
+            for c in expired:
+                log.warning(
+                    "correction %s (%s, head %d of %s) not applied: %s",
+                    c.id,
+                    c.label,
+                    c.head,
+                    c.image_sha256[:12] or "no picture",
+                    EXPIRED_REASON,
+                )
+        applied: list[Correction] = []
+        taught: list[str] = []
+        version: int | None = None
+        notes: list[str] = []
+        for items in groups.values():
+            first = items[0][0]
+            unique = list({ref.sha256: ref for _, ref in items}.values())
+            outcome = teacher.add(first.name, first.series, unique)
+            ids = [c.id for c, _ in items if c.id is not None]
+            self.chats.set_correction_status(
+                ids, CorrectionStatus.APPLIED, expected=CorrectionStatus.APPROVED
+            )
+            applied.extend(c for c, _ in items)
+            if outcome.name not in taught:
+                taught.append(outcome.name)
+            version = outcome.gallery_version if outcome.gallery_version is not None else version
+            notes.extend(outcome.notes)
+            log.info("corrections %s applied: %d references of %s", ids, len(unique), outcome.label)
+        return ApplyReport(tuple(applied), tuple(expired), tuple(taught), version, tuple(notes))

@@ -1,0 +1,178 @@
+"""Teaching the bot characters: reference pictures to head crops, crops to gallery references, a new gallery version.
+
+Each reference picture goes through the same head detection as a query. A reference must show one head: with
+several, the largest is used and the admin is told; with none (a picture that is already a face crop), the
+whole picture is used and the admin is told. Crops are kept in the shared folder (a retrained embedder embeds
+them again), embeddings go to the store, and an index build publishes a new gallery version that every worker
+loads on its next job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from core.characters.gallery_versions import GalleryVersions, Published
+from core.characters.reference_crops import ReferenceCrops
+from core.storage.store import CharacterInfo, Store
+from core.vision.slots.base import Embedder, HeadDetector
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    sha256: str  # of the posted picture: the reference's identity (posting it again adds nothing)
+    crop: Image.Image
+    note: str = ""  # what was decided about this picture, for the admin ("3 heads: used the largest")
+
+
+def prepare_reference(
+    image: Image.Image, sha256: str, detector: HeadDetector | None, *, label: str = "picture"
+) -> PreparedReference:
+    """The head crop of one reference picture (the largest head; the whole picture when none is found)."""
+    found = detector.detect(image) if detector is not None else []
+    if not found:
+        note = f"{label}: no head found, used the whole picture" if detector is not None else ""
+        return PreparedReference(sha256, image.convert("RGB"), note)
+    box = max(found, key=lambda d: (d.box.x2 - d.box.x1) * (d.box.y2 - d.box.y1)).box
+    crop = image.convert("RGB").crop(box.crop_region())
+    note = f"{label}: {len(found)} heads, used the largest" if len(found) > 1 else ""
+    return PreparedReference(sha256, crop, note)
+
+
+def store_references(
+    store: Store,
+    embedder: Embedder,
+    name: str,
+    series: str,
+    references: Sequence[PreparedReference],
+    crops: ReferenceCrops | None = None,
+) -> int:
+    """Embed the head crops and store them as references of ``name`` (created when new); with ``crops``, the crops
+    are kept in the shared folder too. Returns how many references were new (a picture given before is skipped).
+    Publishing a gallery version is the caller's (several characters may be stored first)."""
+    if not references:
+        raise ValueError(f"no reference pictures for {name!r}")
+    if crops is not None:
+        for ref in references:
+            crops.put(ref.sha256, ref.crop)
+    vectors = embedder.embed([ref.crop for ref in references])
+    character_id = store.add_character(name, series)
+    return sum(
+        store.add_reference(character_id, ref.sha256, embedder.version, vector)
+        for ref, vector in zip(references, vectors, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class TeachOutcome:
+    name: str
+    series: str
+    added: int  # new references (a picture given before is not added twice)
+    total: int  # references the character now has
+    notes: tuple[str, ...] = ()
+    gallery_version: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.series})" if self.series else self.name
+
+    @property
+    def message(self) -> str:
+        text = f"Added {self.label}: {self.total} reference{'s' * (self.total != 1)}"
+        if self.added != self.total:
+            text += f" ({self.added} new)"
+        text += "."
+        if self.notes:
+            text += " " + "; ".join(self.notes) + "."
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "message": self.message,
+            "name": self.name,
+            "series": self.series,
+            "added": self.added,
+            "references": self.total,
+            "notes": list(self.notes),
+            "gallery_version": self.gallery_version,
+        }
+
+
+class UnknownCharacter(LookupError):
+    """No such character (the message is safe to show)."""
+
+
+class Teacher:
+    """Adds and removes characters for the active embedder, and publishes the gallery versions."""
+
+    def __init__(
+        self,
+        store: Store,
+        versions: GalleryVersions,
+        embedder: Embedder,
+        detector: HeadDetector | None = None,
+    ) -> None:
+        self.store = store
+        self.versions = versions
+        self.crops = ReferenceCrops(versions.shared)
+        self.embedder = embedder
+        self.detector = detector
+
+    def resolve(self, name: str, series: str) -> tuple[str, str]:
+        """An existing character this name means (case-insensitively; a name without a series matches the one
+        character of that name), else the name as given."""
+        known = self.store.list_characters()
+        folded = name.casefold()
+        same = [c for c in known if c.name.casefold() == folded]
+        if series:
+            exact = [c for c in same if c.series.casefold() == series.casefold()]
+            return (exact[0].name, exact[0].series) if exact else (name, series)
+        if len(same) == 1:
+            return same[0].name, same[0].series
+        plain = [c for c in same if not c.series]
+        return (plain[0].name, "") if plain else (name, "")
+
+    def add(
+        self,
+        name: str,
+        series: str,
+        references: Sequence[PreparedReference],
+        progress: ProgressFn = _no_progress,
+    ) -> TeachOutcome:
+        """Store the references of a character (merging into an existing one) and publish a new gallery."""
+        name, series = self.resolve(name, series)
+        progress("embedding", 0.4)
+        added = store_references(self.store, self.embedder, name, series, references, self.crops)
+        progress("indexing", 0.7)
+        published = self.publish()
+        total = self._count(name, series)
+        log.info("taught %s (%s): %d new of %d references", name, series or "-", added, len(references))
+        notes = tuple(ref.note for ref in references if ref.note)
+        return TeachOutcome(name, series, added, total, notes, published.manifest.version)
+
+    def remove(self, name: str, series: str) -> Published:
+        name, series = self.resolve(name, series)
+        if not self.store.delete_character(name, series):
+            label = f"{name} ({series})" if series else name
+            raise UnknownCharacter(f"I don't know {label}; /characters lists who I know.")
+        return self.publish()
+
+    def publish(self) -> Published:
+        return self.versions.publish(self.store, self.embedder.version)
+
+    def characters(self) -> list[CharacterInfo]:
+        return self.store.list_characters(self.embedder.version)
+
+    def _count(self, name: str, series: str) -> int:
+        return next((c.n_references for c in self.characters() if c.name == name and c.series == series), 0)

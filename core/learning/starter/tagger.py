@@ -1,0 +1,636 @@
+"""The starter tagger: a small timm CNN trained here on synthetic scenes, exported in the WD14 format.
+
+The network is a timm backbone (``mobilenetv3_small_050``, pretrained=False) with two heads: a per-cell head
+on its stride-16 features that predicts the tags of the girl whose head covers the cell (a picture's score for
+such a tag is its best cell's), and a pooled head for whole-picture tags (1girl/solo/2girls/..., rating).
+The exported ONNX takes the WD14 input and gives WD14 probabilities: Wd14Tagger loads it like the real ones.
+
+Measured on 2 shared CPU cores (other training jobs running: load 2-6), 160 px, 150 s of training each,
+held-out macro-F1 of the general tags:
+- plain classifier (global pool, image-level BCE only), mobilenetv3_small_050, 10-16k samples: 0.67-0.75
+  (hair colours 0.52-0.64); mobilenetv3_small_100 0.60-0.70, slim resnet10t 0.60, max pooling 0.52;
+- per-cell head, centre cell only: 0.78; positives over the middle 50 % of the head box: 0.82 / 0.89 / 0.93
+  at lr 3e-3 / 6e-3 / 1.2e-2; middle 80 %: 0.95 at 1.2e-2, 0.963 at 2.4e-2 (0.954 at 4e-2). 192 px: no gain;
+  wider backbones (small_075/100): worse at this budget (fewer samples seen). 2000 vs 4000 scenes: same.
+- one torch thread trains 2-4x faster than two while other jobs share the cores (see training_threads).
+Defaults (2000 scenes, 6 epochs, 160 px): 80-95 s wall (render 15 s, train 65-78 s), and on 200 other
+held-out scenes through the exported ONNX: macro-F1 0.965, hair colours 0.98, eye colours 0.98; the
+expressions stay near 0.72 (mouths are ~1 px strokes in the source, nearly gone at 160 px); 3-8 ms per image
+in ONNX Runtime (depending on the load). Expect about twice the time while 4+ other jobs share the cores.
+
+With a real face set (``faces_dir``): its train split (less 15 % validation) joins the scenes as single-face
+pictures labelled with each character's canonical look (core.datasets.real_faces.CANONICAL_LOOKS); only the tag families
+the look names (hair colour, eye colour, hair length...) are supervised on them. Hair / eye colour F1 on the real
+validation split, synthetic macro-F1 (200 held-out scenes):
+- faces once per epoch, 2000 scenes, 6 epochs: 0.46 / 0.35, synthetic 0.90 (the faces were too rare);
+- faces x3 per epoch, 1500 scenes, 6 epochs: 0.79 / 0.72, synthetic 0.78;
+- faces x3, 2000 scenes, 7 epochs (the defaults): 142 s on 2 idle cores; on the *test* split (``anibot eval
+  tagger``) hair colour F1 0.733, eye colour 0.739, synthetic macro-F1 0.893.
+What limits it: a 0.5x MobileNetV3 trained from scratch in two minutes, sharing its capacity between drawn and
+real pictures, and labels that are a character's usual look rather than this picture's (Shana is often drawn with
+black hair, Reimu's hair varies between artists). A real WD14 model (``anibot models pull wd-swinv2-tagger-v3``)
+is the way to the 0.85 target.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from core.datasets.real_faces import CANONICAL_LOOKS, canonical_tags, load_face_splits, load_images
+from core.datasets.synth import (
+    ACCESSORIES,
+    CAST,
+    CAST_BY_KEY,
+    EXPRESSIONS,
+    EYE_COLOURS,
+    HAIR_COLOURS,
+    HAIR_STYLES,
+    CharacterSpec,
+    SceneHead,
+    render_scene,
+    scene_tags,
+)
+from core.evaluation.tagging import LENGTH_TAGS, is_eye_colour, is_hair_colour
+from core.learning.starter.common import (
+    choose_device,
+    export_onnx,
+    seed_everything,
+    torch_threads,
+    training_threads,
+)
+from core.vision.results import Box
+from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.tagger import (
+    CATEGORY_GENERAL,
+    CATEGORY_RATING,
+    TagDef,
+    Wd14Tagger,
+    wd14_preprocess,
+    write_selected_tags,
+)
+
+Progress = Callable[[str, float], None]
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+MODEL_NAME = "anibot-starter-tagger"
+BACKBONE = "mobilenetv3_small_050"
+# scene seeds: training (one range per training seed), the fixed held-out validation scenes and the small
+# seeds tests and demos use never overlap
+TRAIN_SEED_BASE = 1_000_000_000
+VAL_SEED_BASE = 900_000_000
+MAX_CHARACTERS = 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- vocabulary -----------------------------------------------------------------------------------
+
+
+def character_tags() -> set[str]:
+    """Tags that belong to one girl in the picture: her look (core.datasets.synth's hair, eyes, accessories, and the
+    canonical looks of the real face set's characters) and her expression."""
+    tags = set(EXPRESSIONS) | {t for look in CANONICAL_LOOKS.values() for t in look}
+    for style in HAIR_STYLES:
+        for hair in HAIR_COLOURS:
+            for eye in EYE_COLOURS:
+                tags.update(CharacterSpec("_", "_", "_", hair, style, eye, ACCESSORIES).tags)
+    return tags
+
+
+def synth_vocabulary(max_characters: int = MAX_CHARACTERS) -> list[str]:
+    """Every general tag core.datasets.synth can produce, derived from its constants (sorted)."""
+    tags = character_tags()
+    box = Box(0, 0, 1, 1)
+    for n in range(1, max_characters + 1):
+        tags.update(
+            scene_tags([SceneHead(box, CAST[i % len(CAST)].key, EXPRESSIONS[0], False) for i in range(n)])
+        )
+    return sorted(tags)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneSet:
+    images: np.ndarray  # (N, S, S, 3) uint8 BGR: wd14_preprocess output, stored losslessly
+    tags: np.ndarray  # (N, V) float32 image-level general tags
+    ratings: np.ndarray  # (N,) index into RATINGS
+    boxes: np.ndarray  # (N, K, 4) float32 head boxes in input pixels
+    head_tags: np.ndarray  # (N, K, V) float32 the tags of each girl
+    valid: np.ndarray  # (N, K) bool
+    known: np.ndarray  # (N, V) bool: whether each tag's label is known (weak real labels cover some tags)
+
+    @classmethod
+    def empty(cls, n: int, size: int, n_tags: int, *, known: bool) -> SceneSet:
+        """``n`` blank pictures with no tags, heads or ratings; every label known or none."""
+        k = MAX_CHARACTERS
+        return cls(
+            images=np.empty((n, size, size, 3), np.uint8),
+            tags=np.zeros((n, n_tags), np.float32),
+            ratings=np.zeros(n, np.int64),
+            boxes=np.zeros((n, k, 4), np.float32),
+            head_tags=np.zeros((n, k, n_tags), np.float32),
+            valid=np.zeros((n, k), bool),
+            known=np.full((n, n_tags), known),
+        )
+
+
+def render_set(seeds: range, size: int, vocab: list[str]) -> SceneSet:
+    """Scenes preprocessed exactly like inference, with their image-level and per-girl tags."""
+    index = {t: i for i, t in enumerate(vocab)}
+    n = len(seeds)
+    out = SceneSet.empty(n, size, len(vocab), known=True)
+    for row, seed in enumerate(seeds):
+        scene = render_scene(seed, max_characters=MAX_CHARACTERS)
+        out.images[row] = wd14_preprocess(scene.image, size)[0]
+        out.tags[row, [index[t] for t in scene.tags]] = 1.0
+        out.ratings[row] = RATINGS.index(scene.rating)
+        w, h = scene.image.size
+        side = max(w, h)
+        dx, dy, f = (side - w) // 2, (side - h) // 2, size / side
+        for j, head in enumerate(scene.heads):
+            b = head.box
+            out.boxes[row, j] = ((b.x1 + dx) * f, (b.y1 + dy) * f, (b.x2 + dx) * f, (b.y2 + dy) * f)
+            out.head_tags[
+                row, j, [index[t] for t in (*CAST_BY_KEY[head.character].tags, head.expression)]
+            ] = 1.0
+            out.valid[row, j] = True
+    return out
+
+
+def weakly_known(vocab: list[str], look: tuple[str, ...]) -> np.ndarray:
+    """Which tags a canonical look labels: every tag of each family it names (all hair colours when it names a
+    hair colour, both lengths when it names one...), and the tags it names; unknown: the rest."""
+    families = [{t for t in vocab if is_colour(t)} for is_colour in (is_hair_colour, is_eye_colour)]
+    families.append({t for t in vocab if t in LENGTH_TAGS})
+    known = set(look)
+    for family in families:
+        if family & set(look):
+            known |= family
+    return np.array([t in known for t in vocab])
+
+
+def render_real_faces(images: list[Image.Image], labels: list[str], size: int, vocab: list[str]) -> SceneSet:
+    """Real face crops as single-head pictures labelled with their character's canonical look (weak labels:
+    only the tag families the look names are known)."""
+    index = {t: i for i, t in enumerate(vocab)}
+    n = len(images)
+    out = SceneSet.empty(n, size, len(vocab), known=False)
+    for row, (image, label) in enumerate(zip(images, labels, strict=True)):
+        look = canonical_tags(label)
+        out.images[row] = wd14_preprocess(image, size)[0]
+        positives = [index[t] for t in look if t in index]
+        out.tags[row, positives] = 1.0
+        w, h = image.size
+        side = max(w, h)
+        f = size / side
+        dx, dy = (side - w) / 2 * f, (side - h) / 2 * f
+        out.boxes[row, 0] = (dx, dy, dx + w * f, dy + h * f)
+        out.head_tags[row, 0, positives] = 1.0
+        out.valid[row, 0] = True
+        out.known[row] = weakly_known(vocab, look)
+    return out
+
+
+def concat_sets(a: SceneSet, b: SceneSet) -> SceneSet:
+    return SceneSet(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in SceneSet.__dataclass_fields__))
+
+
+def _jpeg(batch: torch.Tensor, quality: int) -> torch.Tensor:
+    """Round-trip uint8 NCHW images through JPEG."""
+    out = []
+    for img in batch.permute(0, 2, 3, 1).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+def augment(
+    batch: torch.Tensor, gen: torch.Generator, boxes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 RGB NCHW -> augmented float 0-1: flip, zoom/shift on white, small light/contrast/saturation
+    changes (hair colour names survive them), blur and JPEG. ``boxes`` ``(N, K, 4)`` in input pixels follow
+    the geometry."""
+    n, size = batch.shape[0], batch.shape[-1]
+
+    def uniform(lo: float, hi: float, shape: tuple[int, ...] = (n,)) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=gen)
+
+    jpeg = torch.rand(n, generator=gen) < 0.25
+    if jpeg.any():
+        batch = batch.clone()
+        batch[jpeg] = _jpeg(batch[jpeg], int(uniform(40, 90, (1,)).item()))
+    x = batch.float() / 255.0
+    flip = torch.rand(n, generator=gen) < 0.5
+    x[flip] = x[flip].flip(-1)
+    # zoom out (smaller heads, like bigger pictures) or slightly in, and shift; white fill like the padding
+    zoom = torch.rand(n, generator=gen) < 0.6
+    scale = torch.where(zoom, uniform(0.75, 1.08), torch.ones(n))
+    shift = uniform(-0.08, 0.08, (n, 2)) * (zoom & (scale < 1)).float()[:, None]
+    if zoom.any():
+        theta = torch.zeros(int(zoom.sum()), 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale[zoom]
+        theta[:, :, 2] = shift[zoom]
+        grid = F.affine_grid(theta, [len(theta), *x.shape[1:]], align_corners=False)
+        x[zoom] = F.grid_sample(x[zoom] - 1.0, grid, mode="bilinear", align_corners=False) + 1.0
+    if boxes is not None:
+        boxes = boxes.clone()
+        fb = boxes[flip]
+        boxes[flip] = torch.stack([size - fb[..., 2], fb[..., 1], size - fb[..., 0], fb[..., 3]], dim=-1)
+        u = boxes * (2.0 / size) - 1.0  # normalised coordinates, as affine_grid's
+        boxes = ((u - shift.repeat(1, 2)[:, None, :]) * scale[:, None, None] + 1.0) * (size / 2.0)
+    # photometric: saturation, contrast, brightness within +-8 %
+    grey = x.mean(1, keepdim=True)
+    x = grey + (x - grey) * uniform(0.92, 1.08)[:, None, None, None]
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.92, 1.08)[:, None, None, None] + mean
+    x = x * uniform(0.92, 1.08)[:, None, None, None]
+    blur = torch.rand(n, generator=gen) < 0.2
+    if blur.any():
+        sigma = float(uniform(0.4, 1.1, (1,)).item())
+        k = torch.exp(-(torch.arange(-2, 3, dtype=torch.float32) ** 2) / (2 * sigma**2))
+        k = (k / k.sum()).view(1, 1, 1, 5).repeat(3, 1, 1, 1)
+        xb = F.conv2d(F.pad(x[blur], (2, 2, 0, 0), mode="replicate"), k, groups=3)
+        x[blur] = F.conv2d(F.pad(xb, (0, 0, 2, 2), mode="replicate"), k.transpose(2, 3), groups=3)
+    return x.clamp_(0.0, 1.0), boxes
+
+
+def cell_targets(
+    boxes: torch.Tensor,
+    head_tags: torch.Tensor,
+    valid: torch.Tensor,
+    grid: int,
+    stride: float,
+    core: float = 0.8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell targets ``(B, T, G, G)`` and weights ``(B, 1, G, G)``: the cells at the middle of a girl's
+    head (her box shrunk to ``core``, and the cell holding its centre) carry her tags, the rest of her head
+    box is ignored, every other cell carries no tag."""
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * stride
+
+    def cells_in(b: torch.Tensor) -> torch.Tensor:  # (B, K, 4) -> (B, K, G, G)
+        in_x = (centres >= b[..., 0, None]) & (centres <= b[..., 2, None])
+        in_y = (centres >= b[..., 1, None]) & (centres <= b[..., 3, None])
+        return in_y[..., :, None] & in_x[..., None, :] & valid[..., None, None]
+
+    mid = (boxes[..., :2] + boxes[..., 2:]) / 2
+    half = (boxes[..., 2:] - boxes[..., :2]) / 2 * core
+    cx, cy = (mid / stride).floor().long().clamp(0, grid - 1).unbind(-1)  # (B, K)
+    cells = torch.arange(grid)
+    at = (
+        (cy[..., None, None] == cells[:, None])
+        & (cx[..., None, None] == cells[None, :])
+        & valid[..., None, None]
+    )
+    positive = at | cells_in(torch.cat([mid - half, mid + half], dim=-1))  # (B, K, G, G)
+    target = (positive[:, :, None].float() * head_tags[..., None, None]).amax(1)  # (B, T, G, G)
+    weight = (~cells_in(boxes).any(1) | positive.any(1)).float()[:, None]
+    return target, weight
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+class DenseTagNet(nn.Module):
+    """A timm backbone's stride-16 and stride-32 features with two heads: per-cell logits for the tags of one
+    girl (a picture's score is its best cell's) and pooled logits for the whole picture (ratings first, then
+    counts such as ``1girl``/``multiple_girls``)."""
+
+    def __init__(self, backbone: str, n_cell: int, n_pooled: int, width: int = 96) -> None:
+        super().__init__()
+        self.body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(3, 4))
+        if list(self.body.feature_info.reduction()) != [16, 32]:
+            raise ValueError(f"{backbone}: expected features at strides 16 and 32")
+        c16, c32 = self.body.feature_info.channels()
+        self.lat16 = nn.Conv2d(c16, width, 1)
+        self.lat32 = nn.Conv2d(c32, width, 1)
+        self.mix = nn.Sequential(
+            nn.BatchNorm2d(width),
+            nn.Hardswish(),
+            nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False),
+            nn.BatchNorm2d(width),
+            nn.Hardswish(),
+            nn.Conv2d(width, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.Hardswish(),
+        )
+        self.cell = nn.Conv2d(width, n_cell, 1)
+        self.pooled = nn.Linear(c32 + width, n_pooled)
+        nn.init.constant_(self.cell.bias, -4.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f16, f32 = self.body(x)
+        h = self.mix(self.lat16(f16) + F.interpolate(self.lat32(f32), scale_factor=2.0, mode="nearest"))
+        return self.cell(h), self.pooled(torch.cat([f32.mean((2, 3)), h.mean((2, 3))], dim=1))
+
+
+class Wd14Export(nn.Module):
+    """NHWC BGR 0-255 float in, WD14 probabilities out in ``selected_tags.csv`` order."""
+
+    def __init__(self, net: DenseTagNet, n_ratings: int, order: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.n_ratings = n_ratings
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)[:, [2, 1, 0]]  # NHWC BGR -> NCHW RGB
+        cells, pooled = self.net((x - self.mean) / self.std)
+        scores = torch.cat(
+            [
+                torch.softmax(pooled[:, : self.n_ratings], dim=1),
+                torch.sigmoid(pooled[:, self.n_ratings :]),
+                torch.sigmoid(cells.flatten(2).amax(2)),
+            ],
+            dim=1,
+        )
+        return scores[:, self.order]
+
+
+def load_eager(manifest: Manifest) -> Wd14Export:
+    """The starter tagger of ``manifest`` in eager torch (eval mode): WD14 input in, probabilities out."""
+    spec = manifest.extra["net"]
+    net = DenseTagNet(manifest.extra["backbone"], spec["n_cell"], spec["n_pooled"])
+    model = Wd14Export(net, spec["n_ratings"], spec["order"])
+    model.load_state_dict(torch.load(manifest.path("torch"), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-column F1 (NaN where a tag is neither present nor predicted)."""
+    pred = probs >= threshold
+    truth = targets > 0.5
+    tp = (pred & truth).sum(0)
+    denom = pred.sum(0) + truth.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
+def best_threshold(probs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """The threshold maximising macro-F1 (the middle of the best plateau), and that macro-F1."""
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    macro = np.array([np.nanmean(f1_scores(probs, targets, t)) for t in grid])
+    plateau = grid[macro >= macro.max() - 1e-9]
+    return float(plateau[len(plateau) // 2]), float(macro.max())
+
+
+def colour_f1(probs: np.ndarray, targets: np.ndarray, vocab: list[str], threshold: float) -> dict[str, float]:
+    """Macro-F1 of the hair-colour and of the eye-colour tags that occur in ``targets``."""
+    per_tag = f1_scores(probs, targets, threshold)
+    present = targets.sum(0) > 0
+    out = {}
+    for family, is_colour in (("hair_colour_f1", is_hair_colour), ("eye_colour_f1", is_eye_colour)):
+        cols = [i for i, t in enumerate(vocab) if is_colour(t) and present[i]]
+        out[family] = float(np.nanmean(per_tag[cols])) if cols else float("nan")
+    return out
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def train_starter_tagger(
+    out_dir: Path,
+    *,
+    n_train: int = 2000,
+    epochs: int = 7,
+    input_size: int = 160,
+    seed: int = 0,
+    progress: Progress | None = None,
+    n_val: int | None = None,
+    backbone: str = BACKBONE,
+    batch_size: int = 32,
+    lr: float = 0.024,
+    faces_dir: Path | None = None,
+    real_repeats: int = 3,
+) -> Manifest:
+    """Train the starter tagger on ``n_train`` synthetic scenes (plus, with ``faces_dir``, the train split of a
+    real face set labelled with each character's canonical look); write a WD14 model folder at ``out_dir``."""
+    if input_size % 32:
+        raise ValueError(f"input_size must be a multiple of 32, not {input_size}")
+    if n_train > 1_000_000:
+        raise ValueError("n_train is limited to 1,000,000 scenes per seed")
+    with torch_threads(training_threads()):
+        return _train(
+            Path(out_dir),
+            n_train=n_train,
+            epochs=epochs,
+            input_size=input_size,
+            seed=seed,
+            report=progress or (lambda _stage, _fraction: None),
+            n_val=n_val if n_val is not None else min(200, max(8, n_train // 4)),
+            backbone=backbone,
+            batch_size=batch_size,
+            lr=lr,
+            faces_dir=Path(faces_dir) if faces_dir is not None else None,
+            real_repeats=real_repeats,
+        )
+
+
+def _train(
+    out_dir: Path,
+    *,
+    n_train: int,
+    epochs: int,
+    input_size: int,
+    seed: int,
+    report: Progress,
+    n_val: int,
+    backbone: str,
+    batch_size: int,
+    lr: float,
+    faces_dir: Path | None,
+    real_repeats: int,
+) -> Manifest:
+    started = time.monotonic()
+    seed_everything(seed)
+    device = choose_device("auto")
+    vocab = synth_vocabulary()
+    per_girl = character_tags()
+    cell_idx = [i for i, t in enumerate(vocab) if t in per_girl]
+    pooled_idx = [i for i, t in enumerate(vocab) if t not in per_girl]  # counts: 1girl, solo, 2girls, ...
+    n_r = len(RATINGS)
+
+    report("render", 0.0)
+    first = TRAIN_SEED_BASE + seed * 1_000_000
+    train_seeds = range(first, first + n_train)
+    train = render_set(train_seeds, input_size, vocab)
+    val = render_set(range(VAL_SEED_BASE, VAL_SEED_BASE + n_val), input_size, vocab)
+    n_synthetic = n_train
+    real_val: SceneSet | None = None
+    if faces_dir is not None:
+        splits = load_face_splits(faces_dir, seed=seed)
+        real = render_real_faces(
+            load_images(splits.train), [i.label for i in splits.train], input_size, vocab
+        )
+        for _ in range(
+            max(1, real_repeats)
+        ):  # each real face once per repeat and epoch (fresh augmentations)
+            train = concat_sets(train, real)
+        real_val = render_real_faces(
+            load_images(splits.val), [i.label for i in splits.val], input_size, vocab
+        )
+        n_train = len(train.images)
+    images = torch.from_numpy(np.ascontiguousarray(train.images[..., ::-1].transpose(0, 3, 1, 2)))  # RGB NCHW
+    tags = torch.from_numpy(train.tags)
+    ratings = torch.from_numpy(train.ratings)
+    boxes = torch.from_numpy(train.boxes)
+    head_tags = torch.from_numpy(train.head_tags[..., cell_idx])
+    valid = torch.from_numpy(train.valid)
+    known = torch.from_numpy(train.known).float()
+    render_s = time.monotonic() - started
+    report("render", 1.0)
+
+    net = DenseTagNet(backbone, len(cell_idx), n_r + len(pooled_idx)).to(
+        device, memory_format=torch.channels_last
+    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.02)
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    total = steps_per_epoch * epochs
+    warmup = max(1, total // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    stride = 16
+    grid = input_size // stride
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(n_train, generator=gen)
+        running, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            if len(idx) < 2:  # BatchNorm needs two pictures
+                idx = torch.cat([idx, order[:1]]) if n_train > 1 else idx.repeat(2)
+            x, b = augment(images[idx], gen, boxes[idx])
+            target, weight = cell_targets(b, head_tags[idx], valid[idx], grid, stride)
+            x = ((x.to(device) - mean) / std).contiguous(memory_format=torch.channels_last)
+            cells, pooled = net(x)
+            known_cell = known[idx][:, cell_idx].to(device)
+            dense = F.binary_cross_entropy_with_logits(
+                cells, target.to(device), weight.to(device) * known_cell[..., None, None], reduction="sum"
+            ) / (len(idx) * len(cell_idx))
+            mil = F.binary_cross_entropy_with_logits(
+                cells.flatten(2).amax(2), tags[idx][:, cell_idx].to(device), known_cell
+            )
+            whole = F.binary_cross_entropy_with_logits(
+                pooled[:, n_r:], tags[idx][:, pooled_idx].to(device), known[idx][:, pooled_idx].to(device)
+            )
+            rating = F.cross_entropy(pooled[:, :n_r], ratings[idx].to(device))
+            loss = dense + mil + whole + 0.1 * rating
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item() * len(idx)
+            seen += len(idx)
+        report(f"epoch {epoch + 1}/{epochs} loss {running / max(1, seen):.4f}", (epoch + 1) / epochs)
+    train_s = time.monotonic() - started - render_s
+
+    # export in the WD14 format (CSV order: ratings, then the general tags), then measure the exported file
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    tags_path = out_dir / "selected_tags.csv"
+    n_p = n_r + len(pooled_idx)  # network output columns: ratings, pooled general tags, then per-cell tags
+    order = list(range(n_r)) + [
+        n_r + pooled_idx.index(v) if v in pooled_idx else n_p + cell_idx.index(v) for v in range(len(vocab))
+    ]
+    net = net.cpu().to(memory_format=torch.contiguous_format)
+    export_onnx(
+        Wd14Export(net, n_r, order),
+        torch.full((1, input_size, input_size, 3), 255.0),
+        onnx_path,
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
+    torch_path = out_dir / "model.pt"  # the same weights for eager torch (load_eager)
+    torch.save(Wd14Export(net, n_r, order).state_dict(), torch_path)
+    counts = tags.sum(0).long().tolist()
+    rating_counts = torch.bincount(ratings, minlength=n_r).tolist()
+    tag_defs = [TagDef(i, name, CATEGORY_RATING, rating_counts[i]) for i, name in enumerate(RATINGS)]
+    tag_defs += [TagDef(n_r + i, name, CATEGORY_GENERAL, counts[i]) for i, name in enumerate(vocab)]
+    write_selected_tags(tags_path, tag_defs)
+
+    tagger = Wd14Tagger(onnx_path, tags_path, version="validation")
+    val_x = val.images.astype(np.float32)
+    probs = np.concatenate([tagger._run(val_x[i : i + 50]) for i in range(0, len(val_x), 50)])
+    threshold, macro = best_threshold(probs[:, n_r:], val.tags)
+    per_tag = f1_scores(probs[:, n_r:], val.tags, threshold)
+    rating_acc = float((probs[:, :n_r].argmax(1) == val.ratings).mean())
+    real_f1: dict[str, float] = {}
+    if real_val is not None:
+        real_probs = tagger._run(real_val.images.astype(np.float32))[:, n_r:]
+        real_f1 = colour_f1(real_probs, real_val.tags, vocab, threshold)
+
+    manifest = Manifest(
+        slot="tagger",
+        name=MODEL_NAME,
+        format="wd14-onnx",
+        files={"onnx": onnx_path.name, "tags": tags_path.name, "torch": torch_path.name},
+        sha256={p.name: file_sha256(p) for p in (onnx_path, tags_path, torch_path)},
+        thresholds={"general": threshold, "character": 0.85},
+        input_size=input_size,
+        provenance=(
+            f"trained here by core.learning.starter.tagger from scratch (timm {backbone}, pretrained=False, with a "
+            f"per-cell tag head) on {n_synthetic} synthetic scenes (core.datasets.synth seeds {train_seeds.start}.."
+            f"{train_seeds.stop - 1})"
+            + (
+                f" and {n_train - n_synthetic} real faces of {faces_dir} (train split less 15% validation, "
+                "weakly labelled with each character's canonical look)"
+                if faces_dir is not None
+                else ""
+            )
+            + f", {epochs} epochs, seed {seed}; general threshold chosen for macro-F1 on {n_val} held-out scenes"
+        ),
+        extra={
+            "backbone": backbone,
+            "net": {
+                "n_cell": len(cell_idx),
+                "n_pooled": n_r + len(pooled_idx),
+                "n_ratings": n_r,
+                "order": order,
+            },
+            "macro_f1": round(macro, 4),
+            "per_tag_f1": {
+                t: None if np.isnan(f) else round(float(f), 4) for t, f in zip(vocab, per_tag, strict=True)
+            },
+            "rating_accuracy": round(rating_acc, 4),
+            **{f"real_val_{k}": round(v, 4) for k, v in real_f1.items()},
+            "real_faces": str(faces_dir) if faces_dir is not None else None,
+            "n_real_train": (n_train - n_synthetic) // max(1, real_repeats) if faces_dir is not None else 0,
+            "real_repeats": real_repeats,
+            "val_scenes": n_val,
+            "n_train": n_synthetic,
+            "epochs": epochs,
+            "torch_threads": torch.get_num_threads(),
+            "render_s": round(render_s, 1),
+            "train_s": round(train_s, 1),
+            "total_s": round(time.monotonic() - started, 1),
+        },
+        folder=out_dir,
+    )
+    manifest.save()
+    report("done", 1.0)
+    return manifest

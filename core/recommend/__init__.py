@@ -1,6 +1,0 @@
-"""Anime catalogue and recommendations: import, name search, synopsis embeddings, metadata similarity.
-
-The facade is ``core.recommend.service.CatalogService``; its answers (``core.recommend.answers``) are frozen,
-JSON-able dataclasses that travel through the ``cpu`` queue to the front-ends. Importing this package loads
-no model library: torch, sentence-transformers and faiss are imported inside the functions that need them.
-"""

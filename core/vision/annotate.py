@@ -1,0 +1,100 @@
+"""Draw an AnalysisResult onto its image: a box per head and a "Name 93%" label."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageDraw
+
+from core.vision.fonts import FontChain, default_chain
+from core.vision.results import UNKNOWN, AnalysisResult, Head
+
+# Saturated colours that stay apart from each other and from the UNKNOWN grey (Kelly / Tableau mix).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (220, 20, 60),
+    (31, 119, 180),
+    (60, 180, 75),
+    (255, 200, 0),
+    (145, 30, 180),
+    (245, 130, 48),
+    (0, 190, 190),
+    (240, 50, 230),
+    (128, 0, 0),
+    (0, 0, 128),
+)
+UNKNOWN_COLOUR = (150, 150, 150)
+
+
+def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever has the higher WCAG contrast ratio against ``bg``."""
+    lin = [c / 3294.6 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in bg]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return (0, 0, 0) if luminance > 0.179 else (255, 255, 255)
+
+
+def _label(head: Head) -> str:
+    if head.name == UNKNOWN:
+        return UNKNOWN
+    return f"{head.name} {round(head.confidence * 100)}%"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """A new RGB copy; transparency is flattened onto white."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return image.convert("RGB")
+
+
+def head_colours(result: AnalysisResult) -> list[tuple[int, int, int]]:
+    """Box colour of each head: palette colours in order for named heads, grey for UNKNOWN."""
+    colours, i = [], 0
+    for head in result.heads:
+        if head.name == UNKNOWN:
+            colours.append(UNKNOWN_COLOUR)
+        else:
+            colours.append(PALETTE[i % len(PALETTE)])
+            i += 1
+    return colours
+
+
+def annotate(image: Image.Image, result: AnalysisResult, *, fonts: FontChain | None = None) -> Image.Image:
+    """Return a new RGB image with each head boxed and labelled; ``image`` is not modified."""
+    fonts = fonts or default_chain()
+    out = _to_rgb(image)
+    w, h = out.size
+    # boxes are in the analysed image's pixels; follow a resize of the image handed in
+    sx, sy = w / max(1, result.width or w), h / max(1, result.height or h)
+    line = max(2, round(min(w, h) / 200))
+    size = max(12, round(min(w, h) / 28))
+    pad = max(2, size // 5)
+    draw = ImageDraw.Draw(out)
+
+    placed = []
+    for head, colour in zip(result.heads, head_colours(result), strict=True):
+        b = head.box
+        x1 = min(max(0, round(b.x1 * sx)), w - 1)
+        y1 = min(max(0, round(b.y1 * sy)), h - 1)
+        x2 = min(max(x1, round(b.x2 * sx)), w - 1)
+        y2 = min(max(y1, round(b.y2 * sy)), h - 1)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+        placed.append((x1, y1, colour, _label(head)))
+
+    # labels after all boxes, so no box line crosses a label
+    for x1, y1, colour, text in placed:
+        tw, th = fonts.text_size(text, size)
+        lw, lh = tw + 2 * pad, th + 2 * pad
+        lx = min(max(0, x1), max(0, w - lw))
+        ly = y1 - lh if y1 - lh >= 0 else y1 + line  # above the box, else inside its top edge
+        ly = min(max(0, ly), max(0, h - lh))
+        draw.rectangle((lx, ly, lx + lw - 1, ly + lh - 1), fill=colour)
+        fonts.draw_text(draw, (lx + pad, ly + pad), text, size, _text_colour(colour))
+    return out
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
