@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="How often workers look for tasks of dead workers (redelivered after the visibility timeout).",
     )
     task_max_retries: int = Field(3, ge=0, le=10, description="Retries of a task for transient errors only.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Deliveries of one analysis whose worker died (killed, out of memory) before the job is failed "
+        "and its message acknowledged: a poison picture never loops.",
+    )
     job_wait_timeout_s: float = Field(120.0, gt=0, description="How long a client waits for a queued job.")
 
     train_slice_s: int = Field(

@@ -99,3 +99,36 @@ def test_worker_killed_mid_task_is_redelivered_and_completes_once(
     assert finished.attempts == 2, second.output()[-3000:]
     store = Store(model_settings.sqlalchemy_url)
     assert store.analysis_count(job_id=job.id) == 1
+
+
+def test_a_job_whose_worker_dies_on_every_attempt_fails_then_the_next_is_served(
+    redis_kv, model_env, model_settings, start_worker
+):
+    """A poison picture: the worker child is SIGKILLed on every attempt (a fault point keyed by the picture's
+    hash); after ANIBOT_MAX_ATTEMPTS the job fails with a clear message, its message is acknowledged, and the
+    same worker serves the next picture."""
+    import hashlib
+
+    from workers.tasks import poison_message
+
+    poison, _ = scene_png(9_100_003)
+    healthy, _ = scene_png(9_100_004, characters=["aoi"])
+    worker = start_worker(
+        {**model_env, "ANIBOT_TEST_CRASH_AT": f"analyze.image:{hashlib.sha256(poison).hexdigest()}"}
+    )
+    client = make_client(model_settings)
+    job = client.submit_analysis(poison, requester=Requester("test", "chat-p", "user-p"))
+    failed = client.wait(job.id, timeout_s=180)
+    assert failed.status is JobStatus.FAILED, worker.output()[-3000:]
+    assert failed.error is not None and failed.error.code == "worker_lost"
+    assert failed.error.message == poison_message(model_settings.max_attempts)
+    assert failed.attempts == model_settings.max_attempts == 3
+    assert worker.output().count("fault point analyze.image:") == 3
+
+    served = client.analyze(healthy, requester=Requester("test", "chat-p", "user-p"), timeout_s=180)
+    assert served.job.status is JobStatus.DONE, worker.output()[-3000:]
+    assert len(served.result.heads) == 1
+    # nothing left waiting or unacknowledged: the poison message was acknowledged, not parked
+    assert client.backlog("gpu") == 0
+    assert redis_kv.client.hlen("unacked") == 0
+    assert Store(model_settings.sqlalchemy_url).analysis_count(job_id=job.id) == 0

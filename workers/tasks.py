@@ -10,6 +10,7 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 
+from core.characters.gallery_versions import fault_point
 from core.settings import get_settings
 from core.storage.jobs import BlobNotFound, JobError, JobStatus
 from core.vision.intake import IntakeError
@@ -24,6 +25,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     sqlalchemy.exc.OperationalError,
 )
+
+
+def poison_message(attempts: int) -> str:
+    return (
+        f"This picture could not be analysed: the worker analysing it stopped on each of {attempts} attempts. "
+        "Try another picture (or a smaller one)."
+    )
 
 
 class AnibotTask(Task):
@@ -60,8 +68,17 @@ def analyze(self: AnibotTask, job_id: str) -> str:
     if job.status.finished:
         log.info("job %s already %s: redelivery ignored", job_id, job.status)
         return str(job.status)
+    # runs of this job that ended neither done nor failed nor retried: its worker died (SIGKILL, out of memory)
+    lost = job.attempts - self.request.retries
+    if lost >= service.settings.max_attempts:
+        log.error(
+            "job %s: its worker died on each of %d attempts; failed, message acknowledged", job_id, lost
+        )
+        service.jobs.update(job, status=JobStatus.FAILED, error=JobError("worker_lost", poison_message(lost)))
+        return "failed"
     job = service.jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
     log.info("job %s running (attempt %d) on %s", job_id, job.attempts, runtime.worker_id())
+    fault_point(f"analyze.image:{job.params.get('image', '')}")
     delay = service.settings.test_task_delay_s
     if delay:
         time.sleep(delay)
