@@ -39,6 +39,7 @@ class Invocation:
     has_admin_role: bool = False  # Discord: holds ANIBOT_DISCORD_ADMIN_ROLE
     channel_nsfw: bool = False  # NSFW pictures need no spoiler here
     message_id: str = ""
+    full_size: bool = False  # also draw the full-size annotated PNG (the REST API, on request)
 
     @property
     def requester(self) -> Requester:

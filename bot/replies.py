@@ -7,6 +7,8 @@ from enum import StrEnum
 
 CAPTION_LIMIT = 1024  # a Telegram photo caption, and what we keep a Discord embed's first part within
 CALLBACK_DATA_LIMIT = 64  # bytes of Telegram callback_data (Discord custom_id allows 100)
+MAX_MESSAGES = 4  # messages one reply may take on a chat platform: the first and at most 3 follow-ups
+CUT_NOTE = "(The rest of this answer was left out: it is too long.)"
 
 
 class ReplyKind(StrEnum):
@@ -102,3 +104,10 @@ def split_text(text: str, limit: int = CAPTION_LIMIT) -> list[str]:
     if rest:
         chunks.append(rest)
     return chunks
+
+
+def cap_messages(chunks: list[str], limit: int = MAX_MESSAGES, note: str = CUT_NOTE) -> list[str]:
+    """At most ``limit`` messages: when there are more, the last one kept says the rest was left out."""
+    if len(chunks) <= limit:
+        return chunks
+    return [*chunks[: limit - 1], note]

@@ -188,7 +188,12 @@ def analyze(
         raise typer.Exit(2)
     if annotated is not None:
         annotated.mkdir(parents=True, exist_ok=True)
-    analyse_one = _queue_analyser(settings, top_n) if queue else _embedded_analyser(settings, top_n)
+    full = annotated is not None  # the full-size annotated PNG, drawn only when it is written
+    analyse_one = (
+        _queue_analyser(settings, top_n, full_size=full)
+        if queue
+        else _embedded_analyser(settings, top_n, full_size=full)
+    )
     rows: list[tuple[str, AnalysisResult | None, str]] = []
     refused = 0
     with ResultWriter(json_out) as writer, _progress() as progress:
@@ -205,7 +210,7 @@ def analyze(
             else:
                 rows.append((path.name, result, ""))
                 writer.write(_record(path, result, cached=cached))
-                if annotated is not None:
+                if annotated is not None and png is not None:
                     (annotated / f"{path.stem}.annotated.png").write_bytes(png)
             progress.advance(task)
     console.print(summary_table(rows))
@@ -224,7 +229,7 @@ def _progress() -> Progress:
     )
 
 
-def _embedded_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
+def _embedded_analyser(settings, top_n: int, *, full_size: bool = True):  # type: ignore[no-untyped-def]
     from core.analysis.service import AnalysisService
     from core.storage.kv import MemoryKV
     from core.storage.store import Store
@@ -233,16 +238,19 @@ def _embedded_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
     store.create_all()
     service = AnalysisService(settings, MemoryKV(), store)
 
-    def run(path: Path) -> tuple[AnalysisResult, bytes, bool]:
+    def run(path: Path) -> tuple[AnalysisResult, bytes | None, bool]:
         outcome = service.analyze(
-            read_image_file(path, max_bytes=settings.max_image_bytes), top_n=top_n, requester=Requester("cli")
+            read_image_file(path, max_bytes=settings.max_image_bytes),
+            top_n=top_n,
+            requester=Requester("cli"),
+            full_size=full_size,
         )
         return outcome.result, outcome.annotated_png, outcome.cached
 
     return run
 
 
-def _queue_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
+def _queue_analyser(settings, top_n: int, *, full_size: bool = True):  # type: ignore[no-untyped-def]
     from workers.client import JobFailed, QueueClient
 
     client = QueueClient(settings)
@@ -252,12 +260,13 @@ def _queue_analyser(settings, top_n: int):  # type: ignore[no-untyped-def]
         console.print(f"[red]Cannot reach Redis at {settings.redis_url.split('@')[-1]}: {exc}[/red]")
         raise typer.Exit(2) from None
 
-    def run(path: Path) -> tuple[AnalysisResult, bytes, bool]:
+    def run(path: Path) -> tuple[AnalysisResult, bytes | None, bool]:
         try:
             done = client.analyze(
                 read_image_file(path, max_bytes=settings.max_image_bytes),
                 requester=Requester("cli"),
                 top_n=top_n,
+                full_size=full_size,
             )
         except JobFailed as exc:
             raise RuntimeError(exc.error.message) from None

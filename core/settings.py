@@ -127,6 +127,17 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted upload, in bytes.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted image, in pixels.")
 
+    reply_image_max_side: int = Field(
+        2048, ge=256, le=4096, description="Long side of the annotated picture sent to chats, in pixels."
+    )
+    reply_image_max_bytes: int = Field(
+        5_000_000,
+        ge=100_000,
+        le=9_000_000,
+        description="Largest annotated picture sent to chats (a JPEG, under Telegram's 10 MB photo limit and "
+        "Discord's 10 MiB); lower quality, then a smaller picture, until it fits.",
+    )
+
     # --- inference ---------------------------------------------------------------
     device: DeviceChoice = Field("auto", description="Torch / ONNX Runtime device: auto, cpu or cuda.")
     top_n: int = Field(5, ge=1, le=50, description="Candidates listed per head.")
@@ -185,6 +196,9 @@ class Settings(BaseSettings):
     rate_chat_per_min: float = Field(20.0, gt=0, description="Analyses per minute in one chat (refill).")
     rate_chat_burst: int = Field(10, ge=1, description="Analyses at once in one chat (bucket size).")
     max_images_per_message: int = Field(10, ge=1, le=20, description="Images answered per message or album.")
+    reply_max_heads: int = Field(
+        15, ge=1, le=25, description="Heads listed in a picture's answer (the largest); the rest are counted."
+    )
     unavailable_after_s: float = Field(
         8.0, gt=0, description="A job still queued this long with no worker alive is answered 'unavailable'."
     )

@@ -40,6 +40,7 @@ class FakeBotAPI:
         self.files: dict[str, bytes] = {}  # file_id -> bytes
         self.downloads: list[str] = []
         self.admins: set[tuple[int, int]] = set()  # (chat id, user id) holding the administrator status
+        self.refuse: dict[str, str] = {}  # method -> the description of the 400 Bad Request it answers with
         self._updates: list[dict[str, Any]] = []
         self._new_update = asyncio.Event()
         self._ids = itertools.count(1)
@@ -147,6 +148,10 @@ class FakeBotAPI:
         handler = getattr(self, "_" + method, None)
         if method not in ("getUpdates",):
             self.calls.append(Call(method, params, files))
+        if method in self.refuse:
+            return web.json_response(
+                {"ok": False, "error_code": 400, "description": self.refuse[method]}, status=400
+            )
         result = await handler(params) if handler else True
         return web.json_response({"ok": True, "result": result})
 

@@ -118,3 +118,40 @@ def test_cjk_label_has_real_glyphs(chain: FontChain) -> None:
     assert not np.array_equal(first, second)  # tofu boxes would render identically
     w, h = chain.text_size("初音ミク", 24)
     assert 80 <= w <= 110 and 20 <= h <= 40
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Noise over gradients: compresses like a photo (a flat picture would flatter every encoder)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs * 255 // width, ys * 255 // height, (xs + ys) * 255 // (width + height)], axis=-1)
+    noisy = base + rng.integers(-60, 60, size=(height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def test_the_reply_picture_of_a_12_mp_photo_is_a_small_jpeg_with_its_boxes(chain: FontChain) -> None:
+    from core.vision.annotate import reply_picture
+
+    image = photo_like(4000, 3000)
+    head = Head(box=Box(1000, 600, 2000, 1600), detection_score=0.9, name="Rem", confidence=0.9)
+    result = make_result(head, width=4000, height=3000)
+    data = reply_picture(image, result, max_side=2048, max_bytes=5_000_000, fonts=chain)
+    assert data.startswith(b"\xff\xd8\xff") and len(data) <= 5_000_000
+    full = encode_png(annotate(image, result, fonts=chain))
+    assert len(full) > 4 * len(data)  # what used to be sent: a full-size PNG
+    with Image.open(io.BytesIO(data)) as small:
+        assert small.format == "JPEG" and small.size == (2048, 1536)
+        # the box follows the picture's scale: its left edge at x = 1000 * 2048 / 4000 = 512
+        edge = np.asarray(small.convert("RGB"))[600, 510:515].astype(int)
+        assert (np.abs(edge - np.array(PALETTE[0])).sum(axis=1) < 90).any(), edge
+
+    # a tight byte budget: lower quality first, then a smaller picture, never over the budget
+    tight = reply_picture(image, result, max_side=2048, max_bytes=150_000, fonts=chain)
+    assert len(tight) <= 150_000
+    with Image.open(io.BytesIO(tight)) as smaller:
+        assert max(smaller.size) < 2048
+
+    # a small picture is never enlarged
+    little = reply_picture(photo_like(320, 240), make_result(head), max_side=2048, fonts=chain)
+    with Image.open(io.BytesIO(little)) as same:
+        assert same.size == (320, 240)

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema.validators import Draft202012Validator
+from PIL import Image
 
 from bot.api.app import build_app
 from bot.api.openapi import openapi_document
@@ -86,7 +87,8 @@ def test_analyze_then_fetch_the_job_and_the_annotated_picture(bot_stack):
         assert body["result"]["heads"], body
         assert body["result"]["image_sha256"] == hashlib.sha256(png).hexdigest()
         assert all(len(h["candidates"]) <= 2 for h in body["result"]["heads"])
-        assert body["annotated_url"] == f"/v1/jobs/{body['job_id']}/annotated.png"
+        assert body["annotated_url"] == f"/v1/jobs/{body['job_id']}/annotated.jpg"
+        assert "annotated_png_url" not in body  # the full-size PNG only on request
 
         job = await client.get(f"/v1/jobs/{body['job_id']}")
         assert job.status == 200
@@ -97,11 +99,21 @@ def test_analyze_then_fetch_the_job_and_the_annotated_picture(bot_stack):
         assert job_body["annotated_url"] == body["annotated_url"]
 
         annotated = await client.get(body["annotated_url"])
-        assert annotated.status == 200 and annotated.content_type == "image/png"
-        assert (await annotated.read()).startswith(b"\x89PNG")
+        assert annotated.status == 200 and annotated.content_type == "image/jpeg"
+        assert (await annotated.read()).startswith(b"\xff\xd8\xff")
+        no_full = await client.get(f"/v1/jobs/{body['job_id']}/annotated.png")
+        await expect_error(no_full, 404, "not_found", "/v1/jobs/{job_id}/annotated.png", "get")
 
         again = await (await client.post("/v1/analyze", data=form(png))).json()
         assert again["cached"] is True and again["job_id"] != body["job_id"]
+
+        # on request, the full-size annotated PNG too (drawn by a worker: never answered by the front-end's cache)
+        full = await (await client.post("/v1/analyze?full_size=true", data=form(png))).json()
+        assert full["annotated_png_url"] == f"/v1/jobs/{full['job_id']}/annotated.png"
+        full_png = await client.get(full["annotated_png_url"])
+        assert full_png.status == 200 and full_png.content_type == "image/png"
+        with Image.open(io.BytesIO(await full_png.read())) as drawn, Image.open(io.BytesIO(png)) as posted:
+            assert drawn.size == posted.size
 
     with_client(bot_stack, test)
 

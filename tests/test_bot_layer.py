@@ -51,7 +51,9 @@ def test_a_posted_picture_gets_the_annotated_answer(bot_stack):
     assert len(replies) == 1
     reply = replies[0]
     assert reply.kind is ReplyKind.RESULT, reply
-    assert reply.image is not None and reply.image.data.startswith(b"\x89PNG")
+    assert reply.image is not None and reply.image.data.startswith(
+        b"\xff\xd8\xff"
+    )  # the reply picture: a JPEG
     assert "head" in reply.title
     assert any(f.name.startswith("#1") for f in reply.fields)
     assert {b.action for b in reply.buttons} == {"more", "wrong"}

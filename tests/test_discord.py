@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 from discord.http import MultipartParameters
 
-from bot.discord.app import ACK_EMOJI, CONTEXT_MENU, build_bot, run
+from bot.discord.app import ACK_EMOJI, CONTEXT_MENU, build_bot, run, send_reply
 from bot.discord.render import EMBED_LIMIT, MESSAGE_LIMIT, render
 from bot.layer import CommandLayer
-from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind
+from bot.replies import CUT_NOTE, MAX_MESSAGES, Button, Reply, ReplyField, ReplyImage, ReplyKind
 from core.datasets.synth import render_scene
 
 pytestmark = pytest.mark.queue
@@ -147,11 +147,11 @@ async def test_a_picture_in_a_dm_gets_the_annotated_answer_and_its_buttons_work(
     names = [f.name for f in embed.fields]
     assert any(name.startswith("#1") for name in names) and "Tags" in names, names
     [attachment] = answer.attachments
-    assert attachment.filename.startswith("anibot-") and attachment.filename.endswith(".png")
+    assert attachment.filename.startswith("anibot-") and attachment.filename.endswith(".jpg")
     assert Path(attachment.filename).name in (embed.image.url or "")
     assert Path(
         back.urllib.request.url2pathname(back.urllib.parse.urlparse(attachment.url).path)
-    ).read_bytes()[:4] == (b"\x89PNG")
+    ).read_bytes()[:3] == (b"\xff\xd8\xff")  # the reply picture is a JPEG
     custom_ids = [c["custom_id"] for row in sent_payloads[-1]["components"] for c in row["components"]]
     assert [Button.parse(c)[0] for c in custom_ids] == ["more", "wrong"]
 
@@ -326,11 +326,12 @@ async def test_a_spoiler_image_is_sent_hidden_outside_the_embed_except_in_nsfw_c
 
 @pytest.mark.asyncio
 async def test_long_replies_stay_within_discord_limits_and_lose_nothing():
-    fields = tuple(ReplyField(f"#{i} Someone", "x" * 700 + f" end{i}", inline=True) for i in range(40))
+    fields = tuple(ReplyField(f"#{i} Someone", "x" * 300 + f" end{i}", inline=True) for i in range(20))
     reply = Reply(
-        title="T" * 300, text="word " * 1500, fields=(*fields, ReplyField("", "y" * 2500)), footer="f"
+        title="T" * 300, text="word " * 300, fields=(*fields, ReplyField("", "y" * 2500)), footer="f"
     )
     messages = render(reply)
+    assert 1 < len(messages) <= MAX_MESSAGES
     embed = messages[0].embed
     assert embed is not None and len(embed) <= EMBED_LIMIT and len(embed.fields) <= 25
     assert len(embed.title or "") <= 256 and all(len(f.value or "") <= 1024 for f in embed.fields)
@@ -338,10 +339,50 @@ async def test_long_replies_stay_within_discord_limits_and_lose_nothing():
     everything = " ".join([embed.description or "", *(f.value or "" for f in embed.fields)]) + " ".join(
         m.content or "" for m in messages[1:]
     )
-    assert all(f"end{i}" in everything for i in range(40)) and everything.count("y") >= 2500
+    assert all(f"end{i}" in everything for i in range(20)) and everything.count("y") >= 2500
+
+    # a reply far too long for a chat (hundreds of heads' worth) takes at most MAX_MESSAGES, and says so
+    huge = Reply(title="T", fields=tuple(ReplyField(f"#{i}", "x" * 900) for i in range(300)))
+    capped = render(huge)
+    assert len(capped) == MAX_MESSAGES and capped[-1].content == CUT_NOTE
+    assert len(render(Reply(text="z " * 20_000))) == MAX_MESSAGES
 
     [question] = render(Reply(text="Who is it? Reply with the character's name.", expects_answer=True))
     assert question.content and question.embed is None
+
+
+@pytest.mark.asyncio
+async def test_a_refused_picture_still_gets_the_text_answer():
+    """Discord refuses the attachment (413, say a server's lower upload limit): the answer goes again without it."""
+    sent_messages: list[Any] = []
+
+    async def first(outgoing: Any) -> None:
+        if outgoing.file is not None:
+            raise discord.HTTPException(SimpleNamespace(status=413, reason="Payload Too Large"), "too large")
+        sent_messages.append(outgoing)
+
+    async def rest(outgoing: Any) -> None:
+        sent_messages.append(outgoing)
+
+    from bot.invocation import Invocation
+
+    inv = Invocation(platform="discord", chat_id="1", user_id="2")
+    await send_reply(picture_reply(spoiler=False), inv, first, rest)
+    assert len(sent_messages) == 1 and sent_messages[0].file is None
+    embed = sent_messages[0].embed
+    assert embed is not None and not embed.image.url and embed.fields
+    assert sent_messages[0].view is not None  # the buttons still come with it
+
+    async def broken(outgoing: Any) -> None:  # any other failure is not hidden
+        raise discord.HTTPException(SimpleNamespace(status=500, reason="Server Error"), "down")
+
+    with pytest.raises(discord.HTTPException):
+        await send_reply(picture_reply(spoiler=False), inv, broken, rest)
+
+    # an attachment over Discord's default 10 MiB is never tried: the text goes alone
+    big = Reply(title="t", fields=(ReplyField("a", "b"),), image=ReplyImage(b"x" * (11 << 20), "big.jpg"))
+    [alone] = render(big)
+    assert alone.file is None and alone.embed is not None
 
 
 def test_run_refuses_without_a_token():

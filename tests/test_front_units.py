@@ -121,3 +121,66 @@ def test_every_command_is_declared_once_with_usage():
     admin = {c.name for c in COMMANDS.all() if c.permission is Permission.BOT_ADMIN}
     assert admin == {"addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review"}
     assert all(c.usage.startswith(f"/{c.name}") for c in COMMANDS.all())
+
+
+def many_heads_result(n: int):  # type: ignore[no-untyped-def]
+    from core.vision.results import AnalysisResult, Box, Candidate, Head
+
+    heads = tuple(
+        Head(
+            box=Box(0, 0, 10 + (i * 37) % n, 10 + (i * 37) % n),  # sizes shuffled against the order
+            detection_score=0.9,
+            candidates=(Candidate(f"Char {i}", "Series", 0.8, 0.7),),
+            name=f"Char {i}",
+            confidence=0.8,
+        )
+        for i in range(n)
+    )
+    return AnalysisResult(
+        image_sha256="0" * 64,
+        width=400,
+        height=400,
+        heads=heads,
+        tags=(),
+        rating=None,
+        caption=None,
+        fingerprint="",
+    )
+
+
+def test_a_picture_with_300_heads_lists_the_largest_15_and_counts_the_rest():
+    from bot.render import analysis_reply, candidates_reply, listed_heads
+    from bot.telegram.render import caption_and_rest
+
+    result = many_heads_result(300)
+    listed, left_out = listed_heads(result, 15)
+    assert left_out == 285 and len(listed) == 15
+    sizes = sorted((h.box.width for h in result.heads), reverse=True)
+    assert sorted(h.box.width for _, h in listed) == sorted(sizes[:15])  # the largest
+    numbers = [i for i, _ in listed]
+    assert numbers == sorted(numbers)  # in picture order, numbered as drawn and as "Wrong?" answers name them
+    assert all(result.heads[i - 1] is h for i, h in listed)
+
+    reply = analysis_reply(result, b"jpeg", job_id="f" * 32, chat=ChatSettings(), channel_nsfw=False)
+    heads = [f for f in reply.fields if f.name.startswith("#")]
+    assert len(heads) == 15
+    assert any("285 smaller heads not listed" in f.value for f in reply.fields)
+    assert len(caption_and_rest(reply)) <= 4
+    more = candidates_reply(result, "f" * 32)
+    assert sum(f.name.startswith("#") for f in more.fields) == 15
+
+    few = analysis_reply(
+        many_heads_result(3), b"jpeg", job_id="f" * 32, chat=ChatSettings(), channel_nsfw=False
+    )
+    assert [f.name.split()[0] for f in few.fields if f.name.startswith("#")] == ["#1", "#2", "#3"]
+    assert not any("not listed" in f.value for f in few.fields)
+
+
+def test_follow_up_messages_are_capped():
+    from bot.replies import CUT_NOTE, cap_messages
+    from bot.telegram.render import message_chunks
+
+    assert cap_messages(["a", "b"], 4) == ["a", "b"]
+    assert cap_messages([str(i) for i in range(10)], 4) == ["0", "1", "2", CUT_NOTE]
+    chunks = message_chunks(Reply(text="word " * 20_000))
+    assert len(chunks) == 4 and chunks[-1] == CUT_NOTE and all(len(c) <= 4096 for c in chunks)

@@ -35,12 +35,17 @@ def test_heads_found_where_drawn_schema_valid_and_png_written(service):
     drawn = found = named = 0
     for seed in range(9_200_000, 9_200_012):
         scene = render_scene(seed)
-        outcome = service.analyze(png_bytes(scene.image), top_n=3)
+        outcome = service.analyze(png_bytes(scene.image), top_n=3, full_size=seed % 4 == 0)
         result = outcome.result
         jsonschema.validate(json.loads(json.dumps(result.to_dict())), RESULT_JSON_SCHEMA)
         assert not result.degraded, result.degraded
-        annotated = Image.open(io.BytesIO(outcome.annotated_png))
-        assert annotated.size == scene.image.size
+        reply = Image.open(io.BytesIO(outcome.reply_image))  # scenes are under 2048 px: never enlarged
+        assert reply.format == "JPEG" and reply.size == scene.image.size
+        if seed % 4 == 0:  # the full-size PNG, only when asked for
+            assert outcome.annotated_png is not None
+            assert Image.open(io.BytesIO(outcome.annotated_png)).size == scene.image.size
+        else:
+            assert outcome.annotated_png is None
         for head in scene.heads:
             drawn += 1
             best = max(result.heads, key=lambda h: h.box.iou(head.box), default=None)

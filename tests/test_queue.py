@@ -50,7 +50,7 @@ def test_enqueue_then_result_then_duplicate_from_cache(redis_kv, model_env, mode
     expected = in_process(model_settings, data)
     assert len(done.result.heads) == 1
     assert without_timings(done.result.to_dict()) == without_timings(expected.to_dict())
-    assert done.annotated_png.startswith(b"\x89PNG")
+    assert done.reply_image.startswith(b"\xff\xd8\xff") and done.annotated_png is None
     # the message carried only the job id: the image is in the blob store under its hash
     assert client.blobs.get(done.job.params["image"]) == data
 

@@ -87,11 +87,32 @@ def test_a_photo_in_a_private_chat_gets_the_annotated_answer(bot_stack):
     assert "reply_parameters" in photo.params  # quotes the picture it answers
     labels = [b["text"] for row in photo.params["reply_markup"]["inline_keyboard"] for b in row]
     assert labels == ["More candidates", "Wrong? Tell me who"]
-    assert photo.files["photo"].startswith(b"\x89PNG")
+    assert photo.files["photo"].startswith(b"\xff\xd8\xff")  # the reply picture is a JPEG
     assert api.downloads == ["p1"]  # the largest size only, and an edited caption is no new question
     assert len(api.sent("sendPhoto", chat)) == 1
     assert api.sent("sendChatAction", chat) and api.sent("setMessageReaction", chat)
     assert {c.params["commands"][0]["command"] for c in api.sent("setMyCommands")} == {"identify"}
+
+
+def test_a_refused_photo_still_gets_the_text_answer(bot_stack):
+    """Telegram refuses the picture (too large, odd dimensions): the answer arrives as text, buttons included."""
+    chat = new_id()
+
+    async def scenario(api: FakeBotAPI) -> None:
+        api.refuse["sendPhoto"] = "Bad Request: PHOTO_INVALID_DIMENSIONS"
+        api.add_file("r1", scene_png(6_600_009))
+        api.push("message", api.message(chat, chat, photo=api.photo_sizes("r1")))
+        await api.wait_for(
+            lambda: any("head" in c.params.get("text", "") for c in api.sent("sendMessage", chat))
+        )
+
+    api = run_bot(bot_stack, scenario)
+    answer = next(c for c in api.sent("sendMessage", chat) if "head" in c.params.get("text", ""))
+    assert "<b>#1" in answer.params["text"] and answer.params["parse_mode"] == "HTML"
+    labels = [b["text"] for row in answer.params["reply_markup"]["inline_keyboard"] for b in row]
+    assert labels == ["More candidates", "Wrong? Tell me who"]
+    assert len(api.sent("sendPhoto", chat)) == 1  # tried once, not retried with the same file
+    assert not any("went wrong" in c.params.get("text", "") for c in api.sent("sendMessage", chat))
 
 
 def test_image_document_album_and_more_candidates(bot_stack):
@@ -220,8 +241,8 @@ def test_refusals_oversize_and_admin_commands(bot_stack):
 
 
 def test_long_answers_split_into_an_html_caption_and_messages():
-    from bot.replies import Button, Reply, ReplyField, ReplyImage
-    from bot.telegram.render import caption_and_rest, keyboard, message_chunks
+    from bot.replies import MAX_MESSAGES, Button, Reply, ReplyField, ReplyImage
+    from bot.telegram.render import MESSAGE_LIMIT, blocks, caption_and_rest, keyboard, message_chunks, pack
 
     fields = tuple(ReplyField(f"#{n} <Head>", "Nagato & Yuki " * 20) for n in range(1, 9))
     reply = Reply(
@@ -238,10 +259,13 @@ def test_long_answers_split_into_an_html_caption_and_messages():
         assert chunk.count("<b>") == chunk.count("</b>") and chunk.count("<i>") == chunk.count("</i>")
         assert "<script>" not in chunk and "<Head>" not in chunk and "& " not in chunk
     assert "Nagato &amp; Yuki" in chunks[0] and chunks[-1].endswith("<i>a &amp; b</i>")
-    huge = Reply(text="x" * 10_000)
-    assert all(len(c) <= 4096 for c in message_chunks(huge))
-    assert "".join(message_chunks(huge)) == "x" * 10_000
-    dense = message_chunks(Reply(text="&" * 5000))  # escaping makes it 25,000 characters: cut, never lost
+    huge = Reply(text="x" * 10_000)  # packing loses nothing; what a chat gets is capped (see cap_messages)
+    assert all(len(c) <= 4096 for c in pack(blocks(huge), MESSAGE_LIMIT))
+    assert "".join(pack(blocks(huge), MESSAGE_LIMIT)) == "x" * 10_000
+    assert len(message_chunks(huge)) <= MAX_MESSAGES
+    dense = pack(
+        blocks(Reply(text="&" * 5000)), MESSAGE_LIMIT
+    )  # escaping makes it 25,000 characters: cut, never lost
     assert all(len(c) <= 4096 and re.fullmatch("(&amp;)+", c) for c in dense)
     assert html.unescape("".join(dense)) == "&" * 5000
     assert message_chunks(Reply(text="e.g. `2 Hatsune Miku` <b>")) == [

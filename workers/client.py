@@ -38,7 +38,8 @@ class JobTimeout(TimeoutError):
 class FinishedAnalysis:
     job: Job
     result: AnalysisResult
-    annotated_png: bytes
+    reply_image: bytes  # the annotated picture, reply-sized JPEG
+    annotated_png: bytes | None = None  # full size, when the job asked for it (``full_size``)
 
 
 class QueueClient:
@@ -50,8 +51,11 @@ class QueueClient:
         self.cache = ResultCache(self.kv, self.blobs, settings.result_cache_ttl_s)
         self.app = celery_app or make_app(settings)
 
-    def submit_analysis(self, data: bytes, *, requester: Requester, top_n: int | None = None) -> Job:
-        """Validate, store the bytes, and enqueue; a duplicate of a finished analysis is answered at once.
+    def submit_analysis(
+        self, data: bytes, *, requester: Requester, top_n: int | None = None, full_size: bool = False
+    ) -> Job:
+        """Validate, store the bytes, and enqueue; a duplicate of a finished analysis is answered at once
+        (unless ``full_size`` asks for the full-size annotated PNG too, which only a worker draws).
 
         Raises :class:`core.vision.intake.IntakeError` for bad input, before anything is stored or enqueued.
         """
@@ -60,8 +64,11 @@ class QueueClient:
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         image = self.blobs.put(data)
-        job = self.jobs.create("analyze", requester, params={"image": image, "top_n": top_n})
-        fingerprint = self.cache.published_fingerprint()
+        params: dict[str, Any] = {"image": image, "top_n": top_n}
+        if full_size:
+            params["full_size"] = True
+        job = self.jobs.create("analyze", requester, params=params)
+        fingerprint = self.cache.published_fingerprint() if not full_size else None
         cached = self.cache.get(decoded.sha256, fingerprint, top_n) if fingerprint else None
         if cached is not None:
             return self.jobs.update(
@@ -69,7 +76,7 @@ class QueueClient:
                 status=JobStatus.DONE,
                 progress=1.0,
                 cached=True,
-                result={"json": cached.result_blob, "annotated_png": cached.annotated_blob},
+                result={"json": cached.result_blob, "reply_image": cached.annotated_blob},
             )
         self.app.send_task(ANALYZE_TASK, args=[job.id], queue=TASK_QUEUES[ANALYZE_TASK])
         return job
@@ -118,14 +125,24 @@ class QueueClient:
         if job.status is JobStatus.FAILED or job.result is None:
             raise JobFailed(job)
         result = AnalysisResult.from_dict(json.loads(self.blobs.get(job.result["json"])))
-        return FinishedAnalysis(job, result, self.blobs.get(job.result["annotated_png"]))
+        full = job.result.get("annotated_png")
+        reply = job.result.get("reply_image") or full  # jobs finished before reply pictures had only the PNG
+        return FinishedAnalysis(
+            job, result, self.blobs.get(reply or ""), self.blobs.get(full) if full else None
+        )
 
     def analyze(
-        self, data: bytes, *, requester: Requester, top_n: int | None = None, timeout_s: float | None = None
+        self,
+        data: bytes,
+        *,
+        requester: Requester,
+        top_n: int | None = None,
+        timeout_s: float | None = None,
+        full_size: bool = False,
     ) -> FinishedAnalysis:
         """Submit and wait (blocking: async front-ends run this in a thread)."""
         started = time.monotonic()
-        job = self.submit_analysis(data, requester=requester, top_n=top_n)
+        job = self.submit_analysis(data, requester=requester, top_n=top_n, full_size=full_size)
         left = (timeout_s if timeout_s is not None else self.settings.job_wait_timeout_s) - (
             time.monotonic() - started
         )

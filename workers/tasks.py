@@ -27,6 +27,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def analysis_refs(result_blob: str, reply_blob: str, full_png_blob: str | None = None) -> dict[str, str]:
+    """A finished analysis job's blobs: the result JSON, the reply picture, the full-size PNG when asked for."""
+    refs = {"json": result_blob, "reply_image": reply_blob}
+    if full_png_blob:
+        refs["annotated_png"] = full_png_blob
+    return refs
+
+
 def poison_message(attempts: int) -> str:
     return (
         f"This picture could not be analysed: the worker analysing it stopped on each of {attempts} attempts. "
@@ -89,6 +97,7 @@ def analyze(self: AnibotTask, job_id: str) -> str:
             top_n=int(job.params.get("top_n", service.settings.top_n)),
             requester=job.requester,
             job_id=job.id,
+            store_full_size=bool(job.params.get("full_size")),
         )
     except BlobNotFound:
         service.jobs.update(
@@ -107,6 +116,8 @@ def analyze(self: AnibotTask, job_id: str) -> str:
         status=JobStatus.DONE,
         progress=1.0,
         cached=outcome.cached,
-        result={"json": outcome.refs.result_blob, "annotated_png": outcome.refs.annotated_blob},
+        result=analysis_refs(
+            outcome.refs.result_blob, outcome.refs.annotated_blob, outcome.annotated_png_blob
+        ),
     )
     return "done"

@@ -179,7 +179,10 @@ async def analyze(request: web.Request) -> web.Response:
     async def fetch() -> bytes:
         return data
 
-    inv = invocation(request, images=(IncomingImage(fetch, size=len(data), filename=filename),))
+    full_size = request.query.get("full_size", "").lower() in ("1", "true", "yes")
+    inv = invocation(
+        request, images=(IncomingImage(fetch, size=len(data), filename=filename),), full_size=full_size
+    )
     reply = (await layer.images(inv, explicit=True))[0]
     if reply.kind is not ReplyKind.RESULT or not reply.data:
         return reply_response(reply)
@@ -188,14 +191,15 @@ async def analyze(request: web.Request) -> web.Response:
         for head in result["heads"]:
             head["candidates"] = head["candidates"][: int(top_n)]
     job_id = reply.data["job_id"]
-    return web.json_response(
-        {
-            "job_id": job_id,
-            "cached": bool(reply.data.get("cached")),
-            "result": result,
-            "annotated_url": f"/v1/jobs/{job_id}/annotated.png",
-        }
-    )
+    body = {
+        "job_id": job_id,
+        "cached": bool(reply.data.get("cached")),
+        "result": result,
+        "annotated_url": f"/v1/jobs/{job_id}/annotated.jpg",
+    }
+    if full_size:
+        body["annotated_png_url"] = f"/v1/jobs/{job_id}/annotated.png"
+    return web.json_response(body)
 
 
 async def _job(request: web.Request) -> tuple[CommandLayer, Job]:
@@ -231,20 +235,37 @@ async def job_status(request: web.Request) -> web.Response:
             body["result"] = await layer.run_sync(layer.client.result_json, job)
         except KeyError:
             body["result"] = None  # the result blob expired before the job record
+        if "reply_image" in job.result:
+            body["annotated_url"] = f"/v1/jobs/{job.id}/annotated.jpg"
         if "annotated_png" in job.result:
-            body["annotated_url"] = f"/v1/jobs/{job.id}/annotated.png"
+            body["annotated_png_url"] = f"/v1/jobs/{job.id}/annotated.png"
     return web.json_response(body)
 
 
-async def job_annotated(request: web.Request) -> web.Response:
+async def _annotated(request: web.Request, key: str, content_type: str, missing: str) -> web.Response:
     layer, job = await _job(request)
-    if job.status is not JobStatus.DONE or not job.result or "annotated_png" not in job.result:
-        return error_response(404, "not_found", "This job has no annotated picture (yet).")
+    if job.status is not JobStatus.DONE or not job.result or key not in job.result:
+        return error_response(404, "not_found", missing)
     try:
-        png = await layer.run_sync(layer.client.blobs.get, job.result["annotated_png"])
+        data = await layer.run_sync(layer.client.blobs.get, job.result[key])
     except KeyError:
         return error_response(404, "expired", "The annotated picture has expired.")
-    return web.Response(body=png, content_type="image/png")
+    return web.Response(body=data, content_type=content_type)
+
+
+async def job_annotated(request: web.Request) -> web.Response:
+    """The annotated picture as the chats get it: a JPEG of at most ANIBOT_REPLY_IMAGE_MAX_SIDE pixels."""
+    return await _annotated(request, "reply_image", "image/jpeg", "This job has no annotated picture (yet).")
+
+
+async def job_annotated_png(request: web.Request) -> web.Response:
+    """The full-size annotated PNG: only for analyses asked for with ``?full_size=true``."""
+    return await _annotated(
+        request,
+        "annotated_png",
+        "image/png",
+        "This job has no full-size picture: ask for one with POST /v1/analyze?full_size=true.",
+    )
 
 
 def catalog_answer(reply: Reply) -> web.Response:
@@ -339,7 +360,8 @@ async def docs(request: web.Request) -> web.Response:
 ROUTES = [
     web.post("/v1/analyze", analyze),
     web.get("/v1/jobs/{job_id}", job_status),
-    web.get("/v1/jobs/{job_id}/annotated.png", job_annotated),
+    web.get("/v1/jobs/{job_id}/annotated.jpg", job_annotated),
+    web.get("/v1/jobs/{job_id}/annotated.png", job_annotated_png),
     web.get("/v1/recommend", recommend),
     web.get("/v1/anime", anime),
     web.get("/v1/health", health),

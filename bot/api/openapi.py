@@ -80,7 +80,11 @@ ANALYSIS = {
         "job_id": {"type": "string"},
         "cached": {"type": "boolean"},
         "result": {"$ref": "#/components/schemas/AnalysisResult"},
-        "annotated_url": {"type": "string"},
+        "annotated_url": {"type": "string", "description": "the annotated picture, reply-sized JPEG"},
+        "annotated_png_url": {
+            "type": "string",
+            "description": "the full-size annotated PNG (full_size=true)",
+        },
     },
 }
 JOB = {
@@ -96,6 +100,7 @@ JOB = {
         "error": {"type": ["object", "null"]},
         "result": {"description": "the job's JSON result when done (an AnalysisResult for analyses)"},
         "annotated_url": {"type": "string"},
+        "annotated_png_url": {"type": "string"},
     },
 }
 CATALOG_ANSWER = {
@@ -190,6 +195,15 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
             "/v1/analyze": {
                 "post": {
                     "summary": "Analyse a picture: heads with names and candidates, tags, rating, caption",
+                    "parameters": [
+                        {
+                            "name": "full_size",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "also draw the full-size annotated PNG (annotated_png_url)",
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -232,15 +246,27 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                     "responses": {"200": _json("the job", "Job"), "404": _error("no such job (or expired)")},
                 }
             },
+            "/v1/jobs/{job_id}/annotated.jpg": {
+                "get": {
+                    "summary": "The annotated picture of a finished analysis (reply-sized JPEG)",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                        "404": _error("no such job, not an analysis, not finished, or expired"),
+                    },
+                }
+            },
             "/v1/jobs/{job_id}/annotated.png": {
                 "get": {
-                    "summary": "The annotated picture of a finished analysis",
+                    "summary": "The full-size annotated PNG of an analysis asked for with full_size=true",
                     "parameters": [
                         {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
                     "responses": {
                         "200": {"description": "PNG", "content": {"image/png": {}}},
-                        "404": _error("no such job, not an analysis, not finished, or expired"),
+                        "404": _error("no such job, not asked for full size, not finished, or expired"),
                     },
                 }
             },

@@ -86,11 +86,12 @@ async def _answer(layer: CommandLayer, inv: Invocation, waited: Waited) -> Reply
     chat = await layer.chat_settings(inv)
     return analysis_reply(
         finished.result,
-        finished.annotated_png,
+        finished.reply_image,
         job_id=job.id,
         chat=chat,
         channel_nsfw=inv.channel_nsfw,
         cached=job.cached,
+        max_heads=layer.settings.reply_max_heads,
     )
 
 
@@ -123,7 +124,11 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
             try:
                 data = await _fetch(layer, image)
                 job = await layer.run_sync(
-                    layer.client.submit_analysis, data, requester=inv.requester, top_n=top_n
+                    layer.client.submit_analysis,
+                    data,
+                    requester=inv.requester,
+                    top_n=top_n,
+                    full_size=inv.full_size,
                 )
             except IntakeError as exc:
                 log.info("refused image %d: %s (%s)", index, exc.code, inv.where())
@@ -159,10 +164,9 @@ async def _finished_result(layer: CommandLayer, job_id: str) -> AnalysisResult |
     if job is None or job.status is not JobStatus.DONE:
         return None
     try:
-        finished = await layer.run_sync(layer.client.fetch_analysis, job)
+        return AnalysisResult.from_dict(await layer.run_sync(layer.client.result_json, job))
     except KeyError:  # the result blob expired before the job record
         return None
-    return finished.result
 
 
 @BUTTONS.action("more")
@@ -170,7 +174,7 @@ async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progre
     result = await _finished_result(layer, inv.args)
     if result is None:
         return [refusal(EXPIRED, "expired")]
-    return [candidates_reply(result, inv.args)]
+    return [candidates_reply(result, inv.args, layer.settings.reply_max_heads)]
 
 
 @BUTTONS.action("wrong")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
 
@@ -19,7 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.render import render
+from bot.discord.render import Outgoing, render
 from bot.invocation import IncomingImage, Invocation, Progress
 from bot.layer import CommandLayer, new_error_id
 from bot.registry import Command, Permission
@@ -350,20 +351,25 @@ class DiscordFrontEnd(commands.Bot):
         return show
 
     async def reply_to(self, message: discord.Message, replies: list[Reply], inv: Invocation) -> None:
+        async def first(outgoing: Outgoing) -> None:
+            await message.reply(**outgoing.kwargs(), mention_author=False)
+
+        async def rest(outgoing: Outgoing) -> None:
+            await message.channel.send(**outgoing.kwargs())
+
         for reply in replies:
-            for index, outgoing in enumerate(render(reply, channel_nsfw=inv.channel_nsfw)):
-                if index == 0:
-                    await message.reply(**outgoing.kwargs(), mention_author=False)
-                else:
-                    await message.channel.send(**outgoing.kwargs())
+            await send_reply(reply, inv, first, rest)
 
     async def follow_up(
         self, interaction: discord.Interaction, replies: list[Reply], inv: Invocation
     ) -> None:
         """Answers within the interaction's 15-minute window (the first one replaces the deferral)."""
+
+        async def send(outgoing: Outgoing) -> None:
+            await interaction.followup.send(**outgoing.kwargs())
+
         for reply in replies:
-            for outgoing in render(reply, channel_nsfw=inv.channel_nsfw):
-                await interaction.followup.send(**outgoing.kwargs())
+            await send_reply(reply, inv, send, send)
 
     # --- the error handlers: log with context, answer briefly -------------------------------------------------
 
@@ -419,6 +425,29 @@ class DiscordFrontEnd(commands.Bot):
                 await target.send(text)
         except discord.HTTPException:
             log.warning("could not send the apology for error %s", error_id)
+
+
+async def send_reply(
+    reply: Reply,
+    inv: Invocation,
+    first: Callable[[Outgoing], Awaitable[None]],
+    rest: Callable[[Outgoing], Awaitable[None]],
+) -> None:
+    """``reply``'s messages in order; when Discord refuses the picture (too large for this server, say), the
+    answer is sent again without it, so the text always arrives."""
+    messages = render(reply, channel_nsfw=inv.channel_nsfw)
+    try:
+        await first(messages[0])
+    except discord.HTTPException as exc:
+        if messages[0].file is None or exc.status not in (400, 413):
+            raise
+        log.warning(
+            "Discord refused the picture (%s %s) in chat %s: text only", exc.status, exc.code, inv.chat_id
+        )
+        messages = render(replace(reply, image=None), channel_nsfw=inv.channel_nsfw)
+        await first(messages[0])
+    for outgoing in messages[1:]:
+        await rest(outgoing)
 
 
 def build_bot(settings: Settings, layer: CommandLayer) -> commands.Bot:

@@ -8,12 +8,12 @@ follows in plain messages of at most 2,000 characters, in reading order. An imag
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import discord
 
-from bot.replies import Reply, ReplyField, ReplyKind, split_text
+from bot.replies import MAX_MESSAGES, Reply, ReplyField, ReplyKind, cap_messages, split_text
 
 MESSAGE_LIMIT = 2000
 TITLE_LIMIT = 256
@@ -27,6 +27,7 @@ BUTTON_LABEL_LIMIT = 80
 BUTTON_COUNT_LIMIT = 25  # five rows of five
 BLANK = "\u200b"  # Discord refuses empty field names and values
 SPOILER_PREFIX = "SPOILER_"
+FILE_LIMIT = 10 * 1024 * 1024  # attachments a server without boosts takes (bigger ones: the text alone)
 
 COLOURS = {
     ReplyKind.INFO: discord.Colour.dark_teal(),
@@ -110,18 +111,21 @@ def _plain(reply: Reply) -> bool:
     return not (reply.title or reply.fields or reply.image or reply.footer)
 
 
-def _text_messages(text: str) -> list[Outgoing]:
-    return [Outgoing(content=chunk) for chunk in split_text(text, MESSAGE_LIMIT)]
+def _text_messages(text: str, limit: int) -> list[Outgoing]:
+    """``text`` in messages of at most 2,000 characters, at most ``limit`` of them (see ``cap_messages``)."""
+    return [Outgoing(content=chunk) for chunk in cap_messages(split_text(text, MESSAGE_LIMIT), limit)]
 
 
 def render(reply: Reply, *, channel_nsfw: bool = False) -> list[Outgoing]:
     """``reply`` as the Discord messages to send, in order (the first one carries the image and the buttons)."""
+    if reply.image is not None and len(reply.image.data) > FILE_LIMIT:
+        reply = replace(reply, image=None)
     view = button_view(reply)
     filename = image_filename(reply, channel_nsfw=channel_nsfw)
     file = discord.File(io.BytesIO(reply.image.data), filename=filename) if reply.image and filename else None
 
     if _plain(reply):
-        messages = _text_messages(reply.plain_text()) or [Outgoing(content=BLANK)]
+        messages = _text_messages(reply.plain_text(), MAX_MESSAGES) or [Outgoing(content=BLANK)]
         messages[0].file = file
         messages[-1].view = view
         return messages
@@ -152,4 +156,4 @@ def render(reply: Reply, *, channel_nsfw: bool = False) -> list[Outgoing]:
     if file is not None and not file.filename.startswith(SPOILER_PREFIX):
         embed.set_image(url=f"attachment://{file.filename}")
     first = Outgoing(embed=embed, file=file, view=view)
-    return [first, *_text_messages("\n\n".join(overflow))]
+    return [first, *_text_messages("\n\n".join(overflow), MAX_MESSAGES - 1)]

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from telegram import BotCommand, Message, ReactionTypeEmoji, Update
 from telegram.constants import ChatAction, ChatMemberStatus, ChatType, ParseMode
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -30,7 +30,7 @@ from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
 from bot.registry import Permission
 from bot.replies import Reply, ReplyKind
-from bot.telegram.render import caption_and_rest, keyboard, message_chunks
+from bot.telegram.render import caption_and_rest, keyboard, message_chunks, photo_fits
 from core.chat.store import ChatKind
 from core.settings import Settings
 
@@ -232,17 +232,29 @@ class TelegramFrontEnd:
 
     async def send(self, message: Message, replies: list[Reply]) -> None:
         for reply in replies:
+            if reply.image is not None and not photo_fits(reply.image.data):
+                log.warning(
+                    "picture of %d bytes over Telegram's photo limit: text only", len(reply.image.data)
+                )
+                reply = replace(reply, image=None)
             if reply.image is not None:
                 chunks = caption_and_rest(reply)
-                await message.reply_photo(
-                    photo=reply.image.data,
-                    filename=reply.image.filename,
-                    caption=chunks[0],
-                    parse_mode=ParseMode.HTML,
-                    has_spoiler=reply.image.spoiler,
-                    reply_markup=keyboard(reply),
-                    do_quote=True,
-                )
+                try:
+                    await message.reply_photo(
+                        photo=reply.image.data,
+                        filename=reply.image.filename,
+                        caption=chunks[0],
+                        parse_mode=ParseMode.HTML,
+                        has_spoiler=reply.image.spoiler,
+                        reply_markup=keyboard(reply),
+                        do_quote=True,
+                    )
+                except BadRequest as exc:  # the photo refused (size, dimensions): the answer still arrives
+                    log.warning(
+                        "Telegram refused the picture in chat %s (%s): text only", message.chat_id, exc
+                    )
+                    await self.send(message, [replace(reply, image=None)])
+                    continue
                 rest = chunks[1:]
             else:
                 chunks = message_chunks(reply)

@@ -7,9 +7,10 @@ import re
 
 from telegram import ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.replies import CAPTION_LIMIT, Reply, split_text
+from bot.replies import CAPTION_LIMIT, Reply, cap_messages, split_text
 
 MESSAGE_LIMIT = 4096
+PHOTO_BYTES_LIMIT = 10_000_000  # sendPhoto: at most 10 MB (and width + height <= 10000, ratio <= 20)
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
 
@@ -78,12 +79,13 @@ def cut_escaped(text: str, cap: int) -> list[str]:
 
 
 def caption_and_rest(reply: Reply) -> list[str]:
-    """Chunks for a photo reply: the caption (<= 1,024 characters) and the follow-up messages."""
-    return pack(blocks(reply), CAPTION_LIMIT)
+    """Chunks for a photo reply: the caption (<= 1,024 characters) and the follow-up messages (capped)."""
+    return cap_messages(pack(blocks(reply), CAPTION_LIMIT))
 
 
 def message_chunks(reply: Reply) -> list[str]:
-    return pack(blocks(reply), MESSAGE_LIMIT)
+    """The reply as messages of at most 4,096 characters, at most ``MAX_MESSAGES`` of them."""
+    return cap_messages(pack(blocks(reply), MESSAGE_LIMIT))
 
 
 def keyboard(reply: Reply) -> InlineKeyboardMarkup | ForceReply | None:
@@ -94,3 +96,8 @@ def keyboard(reply: Reply) -> InlineKeyboardMarkup | ForceReply | None:
     if reply.expects_answer:
         return ForceReply(selective=True)
     return None
+
+
+def photo_fits(data: bytes) -> bool:
+    """Whether Telegram's sendPhoto takes a file this large (bigger ones are answered with the text only)."""
+    return len(data) <= PHOTO_BYTES_LIMIT

@@ -21,7 +21,7 @@ from core.storage.jobs import BlobStore, JobStore, Requester
 from core.storage.kv import KeyValue
 from core.storage.result_cache import CachedAnalysis, ResultCache
 from core.storage.store import AnalysisLogRecord, HeadLogRecord, Store
-from core.vision.annotate import annotate, encode_png
+from core.vision.annotate import annotate, encode_png, reply_picture
 from core.vision.intake import DecodedImage, decode_image
 from core.vision.results import UNKNOWN, AnalysisResult
 from core.vision.slots.registry import MODELS_ANNOUNCE_KEY
@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AnalysisOutcome:
     result: AnalysisResult
-    annotated_png: bytes
-    refs: CachedAnalysis  # where result and annotated image are stored as blobs
+    reply_image: bytes  # the annotated picture, reply-sized JPEG (what chats get, and what is stored)
+    refs: CachedAnalysis  # where result and reply picture are stored as blobs
     cached: bool  # answered from the cache: no model ran
     logged: bool  # False when this job id had already completed (a redelivered duplicate)
+    annotated_png: bytes | None = None  # the full-size annotated PNG, only when asked for (``full_size``)
+    annotated_png_blob: str | None = None  # where it is stored, when stored
 
 
 class AnalysisService:
@@ -90,10 +92,26 @@ class AnalysisService:
         """A stored picture, decoded; raises :class:`core.storage.jobs.BlobNotFound` when it expired."""
         return self.decode(self.blobs.get(digest))
 
+    def reply_picture(self, decoded: DecodedImage, result: AnalysisResult) -> bytes:
+        s = self.settings
+        return reply_picture(
+            decoded.image, result, max_side=s.reply_image_max_side, max_bytes=s.reply_image_max_bytes
+        )
+
     def analyze(
-        self, data: bytes, *, top_n: int, requester: Requester | None = None, job_id: str | None = None
+        self,
+        data: bytes,
+        *,
+        top_n: int,
+        requester: Requester | None = None,
+        job_id: str | None = None,
+        full_size: bool = False,
+        store_full_size: bool = False,
     ) -> AnalysisOutcome:
-        """Analyse posted bytes. Raises :class:`core.vision.intake.IntakeError` for bad input (nothing is stored)."""
+        """Analyse posted bytes. Raises :class:`core.vision.intake.IntakeError` for bad input (nothing is stored).
+
+        ``full_size`` also draws the annotated picture at full size as a PNG (the CLI, the API on request);
+        ``store_full_size`` keeps it as a blob too. Only the reply-sized JPEG is cached."""
         started = time.perf_counter()
         decoded = self.decode(data)
         requester = requester or Requester()
@@ -103,20 +121,25 @@ class AnalysisService:
         cached = self.cache.get(decoded.sha256, fingerprint, top_n)
         if cached is not None:
             result = AnalysisResult.from_dict(json.loads(self.blobs.get(cached.result_blob)))
-            png = self.blobs.get(cached.annotated_blob)
+            reply = self.blobs.get(cached.annotated_blob)
             log.info("analysis %s answered from cache (image %s)", job_id, decoded.sha256[:12])
             return AnalysisOutcome(
-                result, png, cached, cached=True, logged=self._log(job_id, result, requester, started)
+                result,
+                reply,
+                cached,
+                cached=True,
+                logged=self._log(job_id, result, requester, started),
+                **self._full_size(decoded, result, full_size, store_full_size),
             )
         self.cache.count_pipeline_run()
         embeddings: list[np.ndarray] = []
         result = pipeline.analyze(
             decoded.image, decoded.sha256, top_n=top_n, fingerprint=fingerprint, embeddings_out=embeddings
         )
-        png = encode_png(annotate(decoded.image, result))
+        reply = self.reply_picture(decoded, result)
         refs = CachedAnalysis(
             result_blob=self.blobs.put(json.dumps(result.to_dict(), ensure_ascii=False).encode()),
-            annotated_blob=self.blobs.put(png),
+            annotated_blob=self.blobs.put(reply),
         )
         if not result.degraded:  # a degraded answer is not worth reusing: the next try may do better
             self.cache.put(decoded.sha256, fingerprint, top_n, refs)
@@ -129,7 +152,22 @@ class AnalysisService:
             (time.perf_counter() - started) * 1000,
             " (degraded)" if result.degraded else "",
         )
-        return AnalysisOutcome(result, png, refs, cached=False, logged=logged)
+        return AnalysisOutcome(
+            result,
+            reply,
+            refs,
+            cached=False,
+            logged=logged,
+            **self._full_size(decoded, result, full_size, store_full_size),
+        )
+
+    def _full_size(
+        self, decoded: DecodedImage, result: AnalysisResult, wanted: bool, store: bool
+    ) -> dict[str, bytes | str | None]:
+        if not (wanted or store):
+            return {}
+        png = encode_png(annotate(decoded.image, result))
+        return {"annotated_png": png, "annotated_png_blob": self.blobs.put(png) if store else None}
 
     def _log(
         self,

@@ -22,11 +22,12 @@ PIPELINE_RUNS_KEY = "anibot:metrics:pipeline_runs"
 @dataclass(frozen=True)
 class CachedAnalysis:
     result_blob: str  # sha256 of the result JSON blob
-    annotated_blob: str  # sha256 of the annotated PNG blob
+    annotated_blob: str  # sha256 of the reply picture blob (the annotated picture, reply-sized JPEG)
 
 
 def cache_key(image_sha256: str, fingerprint: str, top_n: int) -> str:
-    options = hashlib.sha256(f"{fingerprint}|top_n={top_n}".encode()).hexdigest()[:24]
+    # "reply=jpeg": entries made before reply pictures were reply-sized JPEGs (full-size PNGs) are not reused
+    options = hashlib.sha256(f"{fingerprint}|top_n={top_n}|reply=jpeg".encode()).hexdigest()[:24]
     return f"{CACHE_PREFIX}{image_sha256}:{options}"
 
 

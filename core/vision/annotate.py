@@ -98,3 +98,44 @@ def encode_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+REPLY_QUALITIES = (85, 75, 60, 45)  # JPEG qualities tried, best first, before the picture is made smaller
+
+
+def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` scaled down (never up) so that its long side is at most ``max_side`` pixels."""
+    w, h = image.size
+    scale = max_side / max(w, h)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def reply_picture(
+    image: Image.Image,
+    result: AnalysisResult,
+    *,
+    max_side: int = 2048,
+    max_bytes: int = 5_000_000,
+    fonts: FontChain | None = None,
+) -> bytes:
+    """The annotated picture as chat platforms take it: a JPEG whose long side is at most ``max_side`` and whose
+    size is under ``max_bytes`` (lower qualities first, then a smaller picture). Labels are drawn at the reply's
+    size, so they stay legible."""
+    side = max_side
+    while True:
+        drawn = annotate(fit_within(_to_rgb(image), side), result, fonts=fonts)
+        for quality in REPLY_QUALITIES:
+            data = _encode_jpeg(drawn, quality)
+            if len(data) <= max_bytes:
+                return data
+        if side <= 64:
+            return data  # a 64-px JPEG is a few KB: only an absurd max_bytes gets here
+        side = round(side * 0.7)

@@ -1,0 +1,81 @@
+"""Reply-picture and Redis-footprint benchmark: what one analysis of a large photo sends and keeps.
+
+    python scripts/bench_reply.py [--width 4000 --height 3000] [--redis-url redis://127.0.0.1:6379/12]
+
+Prints the sizes of a photo-like picture (smooth shapes, texture and sensor noise, saved as a quality-92 JPEG), of
+its annotated picture as a full-size PNG (what every reply used to carry) and as the reply-sized JPEG chats get now,
+with the time each takes. With ``--redis-url`` (a scratch database: it is emptied) and installed models
+(``ANIBOT_MODELS_DIR``), it also runs one analysis through the service on Redis and prints the bytes Redis holds
+for it (``MEMORY USAGE`` of every key the analysis wrote), during the job and after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from core.vision.annotate import annotate, encode_png, reply_picture
+from core.vision.results import AnalysisResult, Box, Head
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(height // 64 + 1, width // 64 + 1, 3)).astype(np.uint8)
+    base = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    texture = Image.fromarray(rng.integers(0, 255, size=(height // 4, width // 4, 3)).astype(np.uint8))
+    texture = texture.resize((width, height), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
+    mixed = np.asarray(base, dtype=np.int16) * 3 // 4 + np.asarray(texture, dtype=np.int16) // 4
+    noisy = mixed + rng.normal(0, 4, size=mixed.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    value = fn()
+    return value, (time.perf_counter() - started) * 1000
+
+
+def pictures(width: int, height: int) -> bytes:
+    image = photo_like(width, height)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    posted = buffer.getvalue()
+    heads = tuple(
+        Head(
+            Box(x, height * 0.2, x + width * 0.15, height * 0.45), 0.9, name=f"Character {i}", confidence=0.9
+        )
+        for i, x in enumerate(np.linspace(width * 0.05, width * 0.8, 4))
+    )
+    result = AnalysisResult("0" * 64, width, height, heads, (), None, None, "")
+    png, png_ms = timed(lambda: encode_png(annotate(image, result)))
+    reply, reply_ms = timed(lambda: reply_picture(image, result))
+    with Image.open(io.BytesIO(reply)) as shown:
+        size = shown.size
+    mp = width * height / 1e6
+    print(f"picture: {width}x{height} ({mp:.1f} MP), posted as JPEG q92: {len(posted) / 1e6:.2f} MB")
+    print(f"before: full-size annotated PNG   {len(png) / 1e6:6.2f} MB  ({png_ms:.0f} ms to draw and encode)")
+    print(
+        f"after:  reply JPEG {size[0]}x{size[1]}  {len(reply) / 1e6:6.2f} MB  ({reply_ms:.0f} ms to draw and encode)"
+    )
+    return posted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument(
+        "--redis-url", default="", help="a scratch Redis database (emptied) for the footprint"
+    )
+    args = parser.parse_args()
+    pictures(args.width, args.height)
+
+
+if __name__ == "__main__":
+    main()
