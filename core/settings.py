@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+MIN_API_TOKEN_CHARS = 16  # a bearer token shorter than this is guessable: refused at start
 
 # the catalogue's metadata similarity weights (core.catalog.metadata): plain data, so settings import no domain
 RECOMMEND_WEIGHT_DEFAULTS: dict[str, float] = {
@@ -45,6 +47,22 @@ def check_recommend_weights(weights: Mapping[str, float]) -> dict[str, float]:
         if value < 0 or not math.isfinite(value):
             raise ValueError(f"metadata weight {name!r} must be a finite number >= 0, got {value}")
     return dict(weights)
+
+
+def parse_role_pairs(text: str) -> dict[int, frozenset[int]]:
+    """``'<server id>:<role id>,...'`` as role ids by server id; anything else fails loudly."""
+    roles: dict[int, set[int]] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(r"([0-9]{1,20})\s*:\s*([0-9]{1,20})", part)
+        if match is None:
+            raise ValueError(
+                f"ANIBOT_DISCORD_ADMIN_ROLES: {part!r} is not '<server id>:<role id>' (both numeric ids; "
+                "Developer Mode > right-click the server / the role > Copy ID)"
+            )
+        roles.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    return {guild: frozenset(ids) for guild, ids in roles.items()}
 
 
 class Settings(BaseSettings):
@@ -171,8 +189,10 @@ class Settings(BaseSettings):
 
     # --- chat front-ends -----------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")
-    discord_admin_role: str = Field(
-        "", description="Discord role whose members may use the admin commands (besides ANIBOT_ADMIN_IDS)."
+    discord_admin_roles: str = Field(
+        "",
+        description="Discord roles whose members may use the admin commands (besides ANIBOT_ADMIN_IDS), as "
+        "'<server id>:<role id>' pairs, comma-separated: role ids, never names, and only in the servers listed.",
     )
     discord_guild_id: int | None = Field(
         None, description="Register slash commands in this guild only (instant) instead of globally."
@@ -206,7 +226,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=1, le=65535, description="Port `anibot api` listens on.")
     api_token: SecretStr | None = Field(
         None,
-        description="Bearer token the REST API requires; empty = no authentication (keep it on loopback).",
+        description="Bearer token the REST API requires (at least 16 characters); empty = no authentication (keep "
+        "it on loopback).",
     )
 
     # --- recommendations (core.catalog) -------------------------------------------
@@ -260,6 +281,34 @@ class Settings(BaseSettings):
     test_crash_at: str = Field(
         "", description="Testing only: a fault point (e.g. 'gallery.switch') where the process kills itself."
     )
+
+    @field_validator("discord_token", "telegram_token", "api_token", "hf_token", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        """``ANIBOT_API_TOKEN=`` (as .env.example has it) means no token, never an empty one that matches."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("api_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_API_TOKEN_CHARS:
+            raise ValueError(
+                f"ANIBOT_API_TOKEN must be at least {MIN_API_TOKEN_CHARS} characters (or empty for no "
+                "authentication); make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return token
+
+    @field_validator("discord_admin_roles")
+    @classmethod
+    def _role_pairs(cls, text: str) -> str:
+        parse_role_pairs(text)
+        return text
+
+    @property
+    def discord_admin_role_ids(self) -> dict[int, frozenset[int]]:
+        """Admin role ids by Discord server id (a role elsewhere, whatever its name, grants nothing)."""
+        return parse_role_pairs(self.discord_admin_roles)
 
     @property
     def admin_id_set(self) -> frozenset[str]:

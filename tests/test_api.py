@@ -32,6 +32,7 @@ ROOMY = {
     "rate_chat_per_min": 600.0,
 }
 SMALL_LIMIT = 200_000
+API_TOKEN = "test-token-0123456789abcdef"
 
 
 def scene_png(seed: int) -> bytes:
@@ -200,19 +201,45 @@ def test_rate_limit_answers_429(bot_stack):
 def test_bearer_token_is_required_when_set(bot_stack):
     async def test(client: TestClient, layer: Any) -> None:
         job_path = "/v1/jobs/0123456789abcdef0123456789abcdef"
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+        wrong = (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": API_TOKEN},
+            {"Authorization": "Bearer"},
+        )
+        for headers in wrong:
             refused = await client.get(job_path, headers=headers)
             await expect_error(refused, 401, "unauthorised", "/v1/jobs/{job_id}", "get")
             assert refused.headers["WWW-Authenticate"] == "Bearer"
         refused = await client.post("/v1/analyze", data=form(scene_png(5_500_004)))
         await expect_error(refused, 401, "unauthorised", "/v1/analyze", "post")
-        right = await client.get(job_path, headers={"Authorization": "Bearer s3cret"})
+        right = await client.get(job_path, headers={"Authorization": f"Bearer {API_TOKEN}"})
         await expect_error(right, 404, "not_found", "/v1/jobs/{job_id}", "get")  # authorised; no such job
         document = await client.get("/v1/openapi.json")  # the description and health stay open
         assert document.status == 200 and (await document.json())["security"] == [{"bearer": []}]
         assert (await client.get("/v1/health")).status in (200, 503)
 
-    with_client(bot_stack, test, api_token="s3cret")
+    with_client(bot_stack, test, api_token=API_TOKEN)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_token_means_no_token_and_a_short_one_is_refused(blank, monkeypatch):
+    """``ANIBOT_API_TOKEN=`` once made an empty token that an empty bearer header matched, while the document
+    advertised bearer auth and the warning for non-loopback hosts stayed quiet."""
+    from pydantic import ValidationError
+
+    from bot.api.app import exposure_warning
+    from core.settings import Settings
+
+    monkeypatch.setenv("ANIBOT_API_TOKEN", blank)
+    settings = Settings(_env_file=None, api_host="0.0.0.0")
+    assert settings.api_token is None
+    assert openapi_document(auth=settings.api_token is not None)["security"] == []
+    assert "without ANIBOT_API_TOKEN" in (exposure_warning(settings) or "")
+    assert exposure_warning(Settings(_env_file=None, api_host="127.0.0.1")) is None
+    assert exposure_warning(Settings(_env_file=None, api_host="0.0.0.0", api_token=API_TOKEN)) is None
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(_env_file=None, api_token="s3cret")
 
 
 def test_catalogue_routes(bot_stack):

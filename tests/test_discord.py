@@ -57,7 +57,7 @@ def sent_payloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict]
 
 @pytest_asyncio.fixture
 async def discord_bot(bot_stack, sent_payloads):  # type: ignore[no-untyped-def]
-    settings = bot_stack.settings(discord_admin_role=ADMIN_ROLE)
+    settings = bot_stack.settings()
     bot = build_bot(settings, CommandLayer.from_settings(settings))
     await bot._async_setup_hook()
     # dpytest's members exist only in the member cache, which needs the members intent; the bot itself does
@@ -251,10 +251,26 @@ async def test_admin_commands_are_for_the_admin_ids_and_the_admin_role(discord_b
     [listing] = sent()
     assert listing.embeds and listing.embeds[0].title.endswith("characters")
 
-    role = back.make_role(ADMIN_ROLE, channel.guild)
+    # a role named like the admins' one grants nothing: only its id counts (anyone can name a role)
+    impostor = back.make_role(ADMIN_ROLE, channel.guild)
+    await dpytest.add_role(member, impostor)
+    await post(member, channel, "!characters")
+    assert "/characters is for bot admins only" in (sent()[0].content or "")
+
+    role = back.make_role("moderators", channel.guild)
     await dpytest.add_role(member, role)
+    # the right role id, but listed for another server: not an admin here
+    discord_bot.settings = settings_with(discord_bot, discord_admin_roles=f"{channel.guild.id + 1}:{role.id}")
+    await post(member, channel, "!characters")
+    assert "/characters is for bot admins only" in (sent()[0].content or "")
+
+    discord_bot.settings = settings_with(discord_bot, discord_admin_roles=f"{channel.guild.id}:{role.id}")
     await post(member, channel, "!characters")
     assert sent()[0].embeds[0].title.endswith("characters")
+
+
+def settings_with(bot: discord.Client, **changes: Any) -> Any:
+    return bot.settings.model_copy(update=changes)  # type: ignore[attr-defined]
 
 
 @pytest.mark.asyncio

@@ -38,3 +38,21 @@ def test_visibility_timeout_must_outlast_the_longest_task():
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.task_serializer == "json"
     assert app.conf.broker_transport_options["visibility_timeout"] > app.conf.task_time_limit
+
+
+def test_discord_admin_roles_are_role_ids_by_server():
+    settings = Settings(_env_file=None, discord_admin_roles=" 111:222, 111:333,444 : 555 ")
+    assert settings.discord_admin_role_ids == {111: frozenset({222, 333}), 444: frozenset({555})}
+    assert Settings(_env_file=None).discord_admin_role_ids == {}
+    for bad in ("anibot admins", "111", "111:admins", "111:222:333"):  # a role name is refused, loudly
+        with pytest.raises(ValidationError, match="server id>:<role id"):
+            Settings(_env_file=None, discord_admin_roles=bad)
+
+
+def test_blank_tokens_are_no_tokens(monkeypatch):
+    for name in ("ANIBOT_DISCORD_TOKEN", "ANIBOT_TELEGRAM_TOKEN", "ANIBOT_API_TOKEN", "HF_TOKEN"):
+        monkeypatch.setenv(name, " ")
+    settings = Settings(_env_file=None)
+    assert (settings.discord_token, settings.telegram_token, settings.api_token, settings.hf_token) == (
+        None,
+    ) * 4

@@ -36,6 +36,7 @@ MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image
 MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
 MAX_FIELD_BYTES = 1024
 OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # HTTP status of each refusal code (anything else is 400)
 STATUS_OF_CODE = {
@@ -380,13 +381,20 @@ def build_app(settings: Settings, layer: CommandLayer) -> web.Application:
     return app
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """What to warn about when the API is open to whoever reaches it (no token, not on loopback)."""
+    if settings.api_token is not None or settings.api_host in LOOPBACK_HOSTS:
+        return None
+    return (
+        f"the API listens on {settings.api_host} without ANIBOT_API_TOKEN: anyone who reaches it can use it"
+    )
+
+
 def run(settings: Settings) -> None:
     layer = CommandLayer.from_settings(settings)
-    if settings.api_token is None and settings.api_host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "the API listens on %s without ANIBOT_API_TOKEN: anyone who reaches it can use it",
-            settings.api_host,
-        )
+    warning = exposure_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     web.run_app(
         build_app(settings, layer),
         host=settings.api_host,

@@ -72,6 +72,14 @@ def worth_showing(ack: Reply) -> bool:
     return position is None or position > 1
 
 
+def has_admin_role(user: discord.abc.User, roles_by_guild: dict[int, frozenset[int]]) -> bool:
+    """``user`` is a member of a listed server holding one of the role ids listed for that server."""
+    if not isinstance(user, discord.Member):
+        return False  # a DM: no server, no roles
+    listed = roles_by_guild.get(user.guild.id, frozenset())
+    return any(role.id in listed for role in user.roles)
+
+
 def where(channel_id: int | None, user: discord.abc.User | None, guild: discord.Guild | None) -> str:
     """Log context: ids only (never names, message text or tokens)."""
     return f"discord guild={guild.id if guild else '-'} chat={channel_id} user={user.id if user else '-'}"
@@ -166,8 +174,9 @@ class DiscordFrontEnd(commands.Bot):
     # --- who asks, where ----------------------------------------------------------------------------------
 
     def has_admin_role(self, user: discord.abc.User) -> bool:
-        role = self.settings.discord_admin_role
-        return bool(role) and isinstance(user, discord.Member) and any(r.name == role for r in user.roles)
+        """Holds one of ANIBOT_DISCORD_ADMIN_ROLES: matched by role id, and only in the server that role is listed
+        for (anyone can invite a public bot to their own server and name a role after ours)."""
+        return has_admin_role(user, self.settings.discord_admin_role_ids)
 
     def invocation(
         self,
