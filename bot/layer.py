@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from bot.invocation import Invocation, Progress, no_progress
+from bot.outage import UNREACHABLE_ERRORS, unreachable_reply
 from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
 from bot.replies import Button, Reply, ReplyKind, refusal
 from bot.waiting import JobWaiter
@@ -164,6 +165,9 @@ class CommandLayer:
     ) -> list[Reply]:
         try:
             return await run()
+        except UNREACHABLE_ERRORS as exc:  # Redis or the database restarting: a clear "busy", not an error id
+            log.warning("%s: a shared store is unreachable (%s): %s", what, inv.where(), exc)
+            return [unreachable_reply()]
         except Exception:
             error_id = new_error_id()
             log.exception("error %s in %s (%s)", error_id, what, inv.where())

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.outage import UNREACHABLE_ERRORS
 from core.storage.jobs import DONE_PREFIX, Job, JobError, JobStatus
 from workers.client import QueueClient
 
@@ -65,35 +66,60 @@ class JobWaiter:
         return await asyncio.to_thread(self.client.backlog, queue)
 
     async def wait(self, job: Job, queue: str, *, timeout_s: float | None = None) -> Waited:
+        """Wait for ``job``: finished, unavailable (no worker consumes ``queue``) or busy (not done in time).
+
+        A Redis restart meanwhile is waited out until the deadline (the job and its queue come back with a
+        durable Redis), and workers reconnecting after it get ``unavailable_after_s`` before the job is given up."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
-        delay = self.poll_s
+        check_workers_at = started + self.unavailable_after_s
         checked_workers = False
+        delay = self.poll_s
+        outage = False
         while True:
-            current = await asyncio.to_thread(self.client.jobs.get, job.id)
-            if current is None:
-                failed = Job(**{**job.__dict__, "status": JobStatus.FAILED})
-                return Waited(WaitOutcome.FINISHED, failed)
-            job = current
-            if job.status.finished:
-                return Waited(WaitOutcome.FINISHED, job)
-            elapsed = time.monotonic() - started
-            if job.status is JobStatus.QUEUED and elapsed >= self.unavailable_after_s and not checked_workers:
-                checked_workers = True
-                if await self.workers_for(queue) == 0:
-                    log.warning("job %s: no worker consumes queue %s; answered unavailable", job.id, queue)
-                    job = await asyncio.to_thread(
-                        self.client.jobs.update,
-                        job,
-                        status=JobStatus.FAILED,
-                        error=JobError("unavailable", "No worker is running."),
-                    )
-                    return Waited(WaitOutcome.UNAVAILABLE, job)
-            if elapsed >= timeout:
-                return Waited(WaitOutcome.BUSY, job)
-            # block a thread (not the loop) on the job's done signal: a finished job wakes us at once
-            pause = min(delay, max(0.0, timeout - elapsed))
-            await asyncio.get_running_loop().run_in_executor(
-                self._threads, self.client.kv.wait, DONE_PREFIX + job.id, pause
-            )
-            delay = min(delay * 1.5, self.max_poll_s)
+            try:
+                current = await asyncio.to_thread(self.client.jobs.get, job.id)
+                if current is None:
+                    failed = Job(**{**job.__dict__, "status": JobStatus.FAILED})
+                    return Waited(WaitOutcome.FINISHED, failed)
+                job = current
+                if outage:
+                    log.info("job %s: Redis reachable again after %.1f s", job.id, time.monotonic() - started)
+                    outage = False
+                if job.status.finished:
+                    return Waited(WaitOutcome.FINISHED, job)
+                now = time.monotonic()
+                if job.status is JobStatus.QUEUED and now >= check_workers_at and not checked_workers:
+                    checked_workers = True
+                    if await self.workers_for(queue) == 0:
+                        log.warning(
+                            "job %s: no worker consumes queue %s; answered unavailable", job.id, queue
+                        )
+                        job = await asyncio.to_thread(
+                            self.client.jobs.update,
+                            job,
+                            status=JobStatus.FAILED,
+                            error=JobError("unavailable", "No worker is running."),
+                        )
+                        return Waited(WaitOutcome.UNAVAILABLE, job)
+                elapsed = now - started
+                if elapsed >= timeout:
+                    return Waited(WaitOutcome.BUSY, job)
+                # block a thread (not the loop) on the job's done signal: a finished job wakes us at once
+                pause = min(delay, max(0.0, timeout - elapsed))
+                await asyncio.get_running_loop().run_in_executor(
+                    self._threads, self.client.kv.wait, DONE_PREFIX + job.id, pause
+                )
+                delay = min(delay * 1.5, self.max_poll_s)
+            except UNREACHABLE_ERRORS as exc:
+                if not outage:
+                    log.warning("job %s: Redis unreachable while waiting (%s); waiting on", job.id, exc)
+                outage = True
+                # workers reconnect after an outage: give them the grace period again, and forget who was alive
+                checked_workers = False
+                check_workers_at = time.monotonic() + self.unavailable_after_s
+                self._alive_cache.pop(queue, None)
+                left = timeout - (time.monotonic() - started)
+                if left <= 0:
+                    return Waited(WaitOutcome.BUSY, job)
+                await asyncio.sleep(min(self.max_poll_s, left))

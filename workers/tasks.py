@@ -6,9 +6,7 @@ import logging
 import time
 from typing import Any
 
-import redis.exceptions
 import sqlalchemy.exc
-from celery import Task
 
 from core.characters.gallery_versions import fault_point
 from core.settings import get_settings
@@ -16,15 +14,13 @@ from core.storage.jobs import BlobNotFound, JobError, JobStatus
 from core.vision.intake import IntakeError
 from workers import runtime
 from workers.celery_app import ANALYZE_TASK, app
+from workers.outage import OutageTolerantTask
 
 log = logging.getLogger(__name__)
 
-# Errors worth another try: the store or the broker blinked. Bad input and bugs are never retried.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-)
+# Errors worth a retry through the broker: the database blinked. Bad input and bugs are never retried; Redis
+# (the broker itself) going away is waited out in process (workers.outage), since no retry can be sent then.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError,)
 
 
 def analysis_refs(result_blob: str, reply_blob: str, full_png_blob: str | None = None) -> dict[str, str]:
@@ -42,7 +38,7 @@ def poison_message(attempts: int) -> str:
     )
 
 
-class AnibotTask(Task):
+class AnibotTask(OutageTolerantTask):
     """Cross-cutting concerns: bounded retries for transient errors, failed jobs recorded, log context."""
 
     autoretry_for = TRANSIENT_ERRORS

@@ -5,9 +5,12 @@ Both live in Redis so that several bot processes (or machines) enforce one limit
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # KEYS[1] the bucket; ARGV: refill rate (tokens/s), capacity, cost. Redis' own clock, so every process agrees.
 _TOKEN_BUCKET = """
@@ -94,7 +97,15 @@ class ActiveJobs:
         return bool(self.client.set(self.PREFIX + key, owner, nx=True, ex=self.ttl_s))
 
     def release(self, key: str, owner: str) -> None:
-        self._release(keys=[self.PREFIX + key], args=[owner])
+        """Give the lock back; when Redis is unreachable it is left to expire (after ``ttl_s``)."""
+        import redis.exceptions
+
+        try:
+            self._release(keys=[self.PREFIX + key], args=[owner])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning(
+                "could not release %s (Redis unreachable: %s); it expires in %d s", key, exc, self.ttl_s
+            )
 
     def holder(self, key: str) -> str | None:
         value = self.client.get(self.PREFIX + key)

@@ -42,10 +42,18 @@ class RedisKV:
 
     def __init__(self, url: str) -> None:
         import redis  # the embedded mode never needs the client library loaded
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
 
         self.url = url
+        # a pooled connection that a Redis restart closed is replaced and the command sent again; a server that
+        # stays down fails the call within a fraction of a second (callers answer "busy", they never hang)
         self.client = redis.Redis.from_url(
-            url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+            url,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(redis.ConnectionError,)),
         )
 
     def ping(self) -> bool:
