@@ -325,3 +325,43 @@ def test_decode_image_file_directory_and_missing(tmp_path: Path) -> None:
         decode_image_file(tmp_path, **LIMITS)
     with pytest.raises(FileNotFoundError):
         decode_image_file(tmp_path / "missing.png", **LIMITS)
+
+
+# --- the header check front-ends do (no pixel decoded) ---------------------------------------------------------
+
+
+def test_inspect_image_reads_the_header_only():
+    from core.vision.intake import inspect_image
+
+    # a 40 MP picture whose pixel data is a few KB of zeros: the header says 8000 x 5000, nothing is decoded
+    huge = handmade_png(8000, 5000)
+    tracemalloc.start()
+    header = inspect_image(huge, **LIMITS)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (header.format, header.width, header.height, header.frames) == ("PNG", 8000, 5000, 1)
+    assert header.sha256 == image_sha256(huge) and header.n_bytes == len(huge)
+    assert peak < 2 << 20, peak
+    # its pixel data breaks off: the header check lets it through, decoding (in a worker) refuses it
+    with pytest.raises(CorruptImage):
+        decode(huge)
+
+    frames = [Image.new("RGB", (40, 30), colour) for colour in (RED, BLUE, WHITE)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert inspect_image(gif, **LIMITS).frames == 3
+    assert inspect_image(encode(frames[0], "JPEG"), **LIMITS).format == "JPEG"
+
+    # what the header alone refuses, it refuses as decoding does
+    for bad, error in (
+        (b"plain text", NotAnImage),
+        (b"", NotAnImage),
+        (handmade_png(9000, 9000), ImageTooLarge),
+        (encode(frames[0], "TIFF"), UnsupportedFormat),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, CorruptImage),
+    ):
+        with pytest.raises(error):
+            inspect_image(bad, **LIMITS)
+        with pytest.raises(error):
+            decode(bad)
+    with pytest.raises(ImageTooLarge):
+        inspect_image(huge, max_bytes=len(huge) - 1, max_pixels=MAX_PIXELS)

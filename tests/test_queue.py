@@ -132,3 +132,29 @@ def test_a_job_whose_worker_dies_on_every_attempt_fails_then_the_next_is_served(
     assert client.backlog("gpu") == 0
     assert redis_kv.client.hlen("unacked") == 0
     assert Store(model_settings.sqlalchemy_url).analysis_count(job_id=job.id) == 0
+
+
+def test_the_front_end_checks_the_header_only_and_the_worker_decodes(
+    redis_kv, model_env, model_settings, start_worker
+):
+    """A picture whose header is sound but whose pixel data is damaged is accepted by the front-end (which reads
+    no pixel) and refused by the worker that decodes it: a clear corrupt_image, nothing analysed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 5000, 8, 2, 0, 0, 0))  # 40 MP claimed
+    damaged = (
+        b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    )
+    client = make_client(model_settings)
+    job = client.submit_analysis(damaged, requester=Requester("test", "chat-h", "user-h"))
+    assert job.status is JobStatus.QUEUED  # accepted from its header: format PNG, 8000 x 5000, 1 frame
+    worker = start_worker(model_env)
+    failed = client.wait(job.id, timeout_s=180)
+    assert failed.status is JobStatus.FAILED, worker.output()[-3000:]
+    assert failed.error is not None and failed.error.code == "corrupt_image"

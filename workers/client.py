@@ -17,7 +17,7 @@ from core.settings import Settings
 from core.storage.jobs import BlobStore, Job, JobError, JobStatus, JobStore, Requester
 from core.storage.kv import RedisKV
 from core.storage.result_cache import ResultCache
-from core.vision.intake import decode_image
+from core.vision.intake import inspect_image
 from core.vision.results import AnalysisResult
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES, make_app
 
@@ -60,7 +60,8 @@ class QueueClient:
         Raises :class:`core.vision.intake.IntakeError` for bad input, before anything is stored or enqueued.
         """
         top_n = top_n or self.settings.top_n
-        decoded = decode_image(
+        # the header only (format, width x height, frames): a front-end never decodes pixels, workers do
+        header = inspect_image(
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         image = self.blobs.put(data)
@@ -69,7 +70,7 @@ class QueueClient:
             params["full_size"] = True
         job = self.jobs.create("analyze", requester, params=params)
         fingerprint = self.cache.published_fingerprint() if not full_size else None
-        cached = self.cache.get(decoded.sha256, fingerprint, top_n) if fingerprint else None
+        cached = self.cache.get(header.sha256, fingerprint, top_n) if fingerprint else None
         if cached is not None:
             return self.jobs.update(
                 job,

@@ -133,12 +133,20 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Decode ``data`` (the bytes of an uploaded file) into an RGB :class:`DecodedImage`.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding a pixel (what front-ends check: workers decode)."""
 
-    Only the first frame of an animation is decoded. Raises an :class:`IntakeError` subclass, never a
-    Pillow exception.
-    """
+    sha256: str  # hex SHA-256 of the original bytes
+    format: str  # one of ACCEPTED_FORMATS
+    width: int
+    height: int
+    frames: int  # 1 for still pictures; an animation's frame count (only the first is ever analysed)
+    n_bytes: int
+
+
+def _open(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[Image.Image, str]:
+    """``data`` opened lazily (the header only) and checked: size in bytes, format, width x height."""
     n_bytes = len(data)
     if n_bytes > max_bytes:
         raise too_many_bytes(n_bytes, max_bytes)
@@ -156,7 +164,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise NotAnImage(detail="unidentified file") from exc
     except Exception as exc:  # Pillow recognised the format but the header is broken
         raise CorruptImage(detail=f"{type(exc).__name__}: {exc}") from exc
-    with im:
+    try:
         fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "")
         if fmt not in ACCEPTED_FORMATS:
             raise UnsupportedFormat(detail=f"format {im.format}")
@@ -165,6 +173,39 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
             raise CorruptImage(detail=f"size {width}x{height}")
         if width * height > max_pixels:
             raise _too_many_pixels(width, height, max_pixels)
+    except IntakeError:
+        im.close()
+        raise
+    return im, fmt
+
+
+def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:
+    """Check ``data`` as front-ends do, from its header alone: byte size, format, width x height, frame count.
+
+    Nothing is decoded, so a 40 MP picture costs what its header costs; a file whose pixel data is damaged passes
+    here and is refused by the worker that decodes it (:func:`decode_image`). Raises an :class:`IntakeError`."""
+    im, fmt = _open(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with im:
+        try:
+            frames = int(
+                getattr(im, "n_frames", 1) or 1
+            )  # GIF and APNG: counted by skipping frames, not decoding
+        except Exception as exc:  # a frame table that breaks off
+            raise CorruptImage(detail=f"{fmt} frames unreadable: {type(exc).__name__}: {exc}") from exc
+        width, height = im.size
+    return ImageHeader(image_sha256(data), fmt, width, height, frames, len(data))
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """Decode ``data`` (the bytes of an uploaded file) into an RGB :class:`DecodedImage`.
+
+    Only the first frame of an animation is decoded. Raises an :class:`IntakeError` subclass, never a
+    Pillow exception.
+    """
+    n_bytes = len(data)
+    im, fmt = _open(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with im:
+        width, height = im.size
         try:
             im.load()  # the first frame only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
