@@ -17,7 +17,7 @@ from bot.replies import Reply, ReplyKind
 from core.datasets.synth import render_scene
 from core.storage.jobs import JOB_PREFIX, Job, JobStatus
 from core.storage.store import Store
-from scripts.fault_servers import RedisServer, ServerMissing
+from scripts.fault_servers import PostgresServer, RedisServer, ServerMissing
 from tests.conftest import BOT_ADMINS, WorkerProcess, fresh_id, wait_for
 
 pytestmark = pytest.mark.queue
@@ -184,3 +184,155 @@ def test_redis_restarted_while_jobs_are_queued(own_redis, model_env, start_worke
         store.analysis_count() - logged_before == 1 + len(pictures) + 1
     )  # the warm-up, the four, the one after
     assert "had already been completed once" not in log
+
+
+# --- PostgreSQL restarted under load ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def logged_rows(store: Store) -> dict[str, tuple[int, int]]:
+    """Per logged job: (heads the analysis row announces, head rows written)."""
+    from sqlalchemy import text
+
+    with store.engine.connect() as c:
+        rows = c.execute(
+            text(
+                "SELECT l.job_id, l.n_heads, (SELECT count(*) FROM anibot_analysis_head h WHERE h.job_id = l.job_id)"
+                " FROM anibot_analysis_log l"
+            )
+        ).all()
+    return {job_id: (int(n), int(written)) for job_id, n, written in rows}
+
+
+@pytest.mark.timeout(240)
+def test_postgres_restarted_under_load(own_redis, own_postgres, model_env, start_worker):
+    """PostgreSQL crashes (immediate stop) while analyses are running and queued, and comes back a few seconds
+    later: every analysis ends done (retried) or failed with a clear message; each done analysis is logged once
+    with all its heads, and nothing is logged for a failed one."""
+    from workers.client import QueueClient
+
+    database_url = own_postgres.url()
+    store = Store(database_url)
+    store.create_all()
+    env = {
+        **model_env,
+        "ANIBOT_REDIS_URL": own_redis.url(),
+        "ANIBOT_DATABASE_URL": database_url,
+        "ANIBOT_TEST_TASK_DELAY_S": "0.5",
+        **QUICK_REDELIVERY,
+    }
+    settings = layer_settings(env)
+    worker = start_worker(env, queues="gpu")
+    wait_for_worker(settings, worker)
+    client = QueueClient(settings)
+    from core.storage.jobs import Requester
+
+    warm = client.analyze(scene_png(7_400_000), requester=Requester("test", "pg", "warm"), timeout_s=120)
+    assert warm.job.status is JobStatus.DONE, worker.output()[-3000:]
+
+    jobs = [
+        client.submit_analysis(scene_png(7_400_001 + i), requester=Requester("test", "pg", f"user-{i}"))
+        for i in range(6)
+    ]
+    assert wait_for(lambda: any(client.jobs.require(j.id).status is JobStatus.RUNNING for j in jobs), 30)
+    from bot.layer import CommandLayer
+
+    layer = CommandLayer(settings, client, store)
+    time.sleep(0.3)
+    own_postgres.crash()
+    started = time.monotonic()
+    down = asyncio.run(layer.command(invocation(), "stats"))  # /stats reads the database
+    assert time.monotonic() - started < 15
+    assert [(r.kind, r.code) for r in down] == [(ReplyKind.REFUSAL, "busy")], down
+    time.sleep(max(0.0, 4 - (time.monotonic() - started)))
+    own_postgres.start()
+    finished = [client.wait(job.id, timeout_s=150) for job in jobs]
+    log = worker.output()
+
+    rows = logged_rows(store)
+    for job in finished:
+        assert job.status.finished, (job, log[-3000:])
+        if job.status is JobStatus.DONE:
+            assert job.id in rows, (job, log[-3000:])
+            announced, written = rows[job.id]
+            assert written == announced, f"job {job.id}: {written} of {announced} heads logged"
+            assert len(client.fetch_analysis(job).result.heads) == announced
+        else:  # failed clearly, and nothing of it is in the database
+            assert job.error is not None and job.error.code != "internal", (job, log[-3000:])
+            assert job.id not in rows
+    assert store.analysis_count() == 1 + sum(job.status is JobStatus.DONE for job in finished)
+    done = sum(job.status is JobStatus.DONE for job in finished)
+    assert done == len(jobs), ([(j.id, j.status, j.error) for j in finished], log[-4000:])
+
+
+SLOW_HEADS = """
+CREATE TABLE anibot_test_slow (on_ boolean);
+INSERT INTO anibot_test_slow VALUES (true);
+CREATE FUNCTION anibot_test_slow_heads() RETURNS trigger AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM anibot_test_slow) THEN PERFORM pg_sleep(3); END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER anibot_test_slow_heads BEFORE INSERT ON anibot_analysis_head
+  FOR EACH ROW EXECUTE FUNCTION anibot_test_slow_heads();
+"""
+
+
+@pytest.mark.timeout(240)
+def test_postgres_crash_between_an_analysis_and_its_heads_leaves_nothing_half_written(
+    own_redis, own_postgres, model_env, start_worker
+):
+    """The database is slow to take an analysis' head rows (a trigger sleeps), and crashes right then: the
+    analysis and its heads are one write, so after the restart the retried job logs both, once."""
+    from sqlalchemy import text
+
+    from core.storage.jobs import Requester
+    from workers.client import QueueClient
+
+    database_url = own_postgres.url()
+    store = Store(database_url)
+    store.create_all()
+    with store.engine.begin() as c:
+        c.execute(text(SLOW_HEADS))
+    env = {**model_env, "ANIBOT_REDIS_URL": own_redis.url(), "ANIBOT_DATABASE_URL": database_url}
+    settings = layer_settings(env)
+    worker = start_worker({**env, **QUICK_REDELIVERY}, queues="gpu")
+    wait_for_worker(settings, worker)
+    client = QueueClient(settings)
+    job = client.submit_analysis(scene_png(7_450_001), requester=Requester("test", "pg", "slow"))
+
+    def writing_heads() -> bool:
+        with store.engine.connect() as c:
+            return bool(
+                c.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND state = 'active'"
+                    )
+                ).scalar()
+            )
+
+    assert wait_for(writing_heads, 120, interval_s=0.1), worker.output()[-3000:]
+    own_postgres.crash()
+    store.engine.dispose()
+    own_postgres.start()
+    with store.engine.begin() as c:
+        c.execute(text("DELETE FROM anibot_test_slow"))
+    finished = client.wait(job.id, timeout_s=120)
+    log = worker.output()
+    assert finished.status is JobStatus.DONE, (finished, log[-3000:])
+    heads = len(client.fetch_analysis(finished).result.heads)
+    assert heads > 0
+    assert logged_rows(store) == {job.id: (heads, heads)}, log[-3000:]

@@ -190,24 +190,19 @@ class AnalysisService:
             names=tuple(h.name for h in result.heads if h.name != UNKNOWN),
             duration_ms=(time.perf_counter() - started) * 1000,
         )
-        logged = self.store.log_analysis(record)
-        if logged and result.heads:
-            vectors = embeddings if embeddings and len(embeddings) == len(result.heads) else None
-            self.store.log_heads(
-                job_id,
-                result.image_sha256,
-                [
-                    HeadLogRecord(
-                        head=index,
-                        box=(head.box.x1, head.box.y1, head.box.x2, head.box.y2),
-                        detection_score=head.detection_score,
-                        answer=head.name,
-                        confidence=head.confidence,
-                        candidates=tuple((c.name, c.series, round(c.confidence, 4)) for c in head.candidates),
-                        embedder=embedder if vectors is not None else "",
-                        embedding=vectors[index - 1] if vectors is not None else None,
-                    )
-                    for index, head in enumerate(result.heads, start=1)
-                ],
+        vectors = embeddings if embeddings and len(embeddings) == len(result.heads) else None
+        heads = [
+            HeadLogRecord(
+                head=index,
+                box=(head.box.x1, head.box.y1, head.box.x2, head.box.y2),
+                detection_score=head.detection_score,
+                answer=head.name,
+                confidence=head.confidence,
+                candidates=tuple((c.name, c.series, round(c.confidence, 4)) for c in head.candidates),
+                embedder=embedder if vectors is not None else "",
+                embedding=vectors[index - 1] if vectors is not None else None,
             )
+            for index, head in enumerate(result.heads, start=1)
+        ]
+        logged = self.store.log_analysis(record, heads)  # one transaction: the analysis with all its heads
         return logged

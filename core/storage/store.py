@@ -472,32 +472,29 @@ class Store:
 
     # --- analysis logs ---------------------------------------------------------------------------------
 
-    def log_analysis(self, record: AnalysisLogRecord) -> bool:
-        """Record one finished analysis; False (not an error) when ``job_id`` was already logged."""
+    def log_analysis(self, record: AnalysisLogRecord, heads: Sequence[HeadLogRecord] = ()) -> bool:
+        """Record one finished analysis and its heads in one transaction (a crash leaves both or neither);
+        False (not an error, nothing written) when ``job_id`` was already logged."""
+        import json
+
         values = asdict(record)
         if not isinstance(record.names, str):
             values["names"] = ",".join(record.names)
         values["chat_id"] = str(record.chat_id)
         values["user_id"] = None if record.user_id is None else str(record.user_id)
         with self.session() as s:
-            return self._insert_new(s, AnalysisLog, ["job_id"], **values)
-
-    def log_heads(self, job_id: str, image_sha256: str, heads: Sequence[HeadLogRecord]) -> int:
-        """The heads of one logged analysis (a redelivered job's heads are not written twice)."""
-        import json
-
-        written = 0
-        with self.session() as s:
+            if not self._insert_new(s, AnalysisLog, ["job_id"], **values):
+                return False
             for h in heads:
                 vector = None if h.embedding is None else np.ascontiguousarray(h.embedding, "<f4").tobytes()
-                written += self._insert_new(
-                    s, AnalysisHead, ["job_id", "head"], job_id=job_id, image_sha256=image_sha256, head=h.head,
+                s.add(AnalysisHead(
+                    job_id=record.job_id, image_sha256=record.image_sha256, head=h.head,
                     box=",".join(f"{v:.1f}" for v in h.box), detection_score=float(h.detection_score),
                     answer=h.answer, confidence=float(h.confidence),
                     candidates=json.dumps([list(c) for c in h.candidates], ensure_ascii=False),
                     embedder=h.embedder, embedding=vector,
-                )  # fmt: skip
-        return written
+                ))  # fmt: skip
+            return True
 
     def logged_heads(self, job_id: str) -> list[HeadLogRecord]:
         import json
