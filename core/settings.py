@@ -92,7 +92,18 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis: Celery broker, blobs, jobs, cache."
     )
+    blob_redis_url: str = Field(
+        "",
+        description="Redis for blobs (pictures, results) when it should not be the broker's: one with maxmemory and "
+        "an evicting policy, so blobs can never push out queues or job records. Empty = ANIBOT_REDIS_URL.",
+    )
     blob_ttl_s: int = Field(24 * 3600, ge=60, description="How long image and result blobs live in Redis.")
+    input_keep_s: int = Field(
+        3600,
+        ge=0,
+        description="How long a posted picture stays in Redis after its analysis (a 'Wrong?' within that time "
+        "keeps it for review); 0 = deleted at once.",
+    )
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job records live in Redis.")
     result_cache_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long a finished analysis is reused."
@@ -216,6 +227,12 @@ class Settings(BaseSettings):
     rate_chat_per_min: float = Field(20.0, gt=0, description="Analyses per minute in one chat (refill).")
     rate_chat_burst: int = Field(10, ge=1, description="Analyses at once in one chat (bucket size).")
     max_images_per_message: int = Field(10, ge=1, le=20, description="Images answered per message or album.")
+    user_bytes_per_hour: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="Picture bytes one user may post per hour (a token bucket over bytes, shared by every "
+        "front-end); at least ANIBOT_MAX_IMAGE_BYTES.",
+    )
     reply_max_heads: int = Field(
         15, ge=1, le=25, description="Heads listed in a picture's answer (the largest); the rest are counted."
     )

@@ -64,6 +64,46 @@ def pictures(width: int, height: int) -> bytes:
     return posted
 
 
+def redis_footprint(posted: bytes, url: str) -> None:
+    """One analysis through the service on Redis: the bytes each kind of blob takes (``MEMORY USAGE``)."""
+    import json
+
+    from core.analysis.service import AnalysisService
+    from core.settings import get_settings
+    from core.storage.jobs import BLOB_PREFIX
+    from core.storage.kv import RedisKV
+    from core.storage.store import Store
+
+    settings = get_settings().model_copy(update={"redis_url": url, "blob_redis_url": ""})
+    kv = RedisKV(url)
+    kv.client.flushdb()
+    store = Store.from_settings(settings)
+    store.create_all()
+    service = AnalysisService(settings, kv, store)
+    image = service.blobs.put(posted)  # what a front-end stores before it enqueues
+    outcome, ms = timed(lambda: service.analyze(posted, top_n=settings.top_n, store_full_size=True))
+
+    def usage(digest: str | None) -> int:
+        return int(kv.client.memory_usage(BLOB_PREFIX + digest, samples=0) or 0) if digest else 0
+
+    posted_b, result_b = usage(image), usage(outcome.refs.result_blob)
+    reply_b, png_b = usage(outcome.refs.annotated_blob), usage(outcome.annotated_png_blob)
+    heads = len(json.loads(service.blobs.get(outcome.refs.result_blob))["heads"])
+    print(f"analysis on Redis: {heads} heads, {ms / 1000:.1f} s; Redis bytes (MEMORY USAGE):")
+    print(f"  posted picture {posted_b / 1e6:.2f} MB, result JSON {result_b / 1e3:.1f} KB, ")
+    print(f"  full-size PNG {png_b / 1e6:.2f} MB, reply JPEG {reply_b / 1e6:.2f} MB")
+    before = posted_b + result_b + png_b
+    after = result_b + reply_b
+    print(
+        f"before: {before / 1e6:.2f} MB per analysis for {settings.blob_ttl_s // 3600} h (picture, PNG, JSON)"
+    )
+    print(
+        f"after:  {after / 1e6:.2f} MB per analysis for {settings.blob_ttl_s // 3600} h (JSON, reply JPEG), plus "
+        f"the picture's {posted_b / 1e6:.2f} MB for {settings.input_keep_s} s after the job"
+    )
+    kv.client.flushdb()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,7 +114,9 @@ def main() -> None:
         "--redis-url", default="", help="a scratch Redis database (emptied) for the footprint"
     )
     args = parser.parse_args()
-    pictures(args.width, args.height)
+    posted = pictures(args.width, args.height)
+    if args.redis_url:
+        redis_footprint(posted, args.redis_url)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,18 @@ def test_catalogue_commands_through_the_cpu_worker(bot_stack):
         from_favourites.kind is ReplyKind.RESULT
         and "Trigun" not in from_favourites.plain_text().split("\n")[0]
     )
+
+
+def test_a_user_has_a_byte_budget(bot_stack):
+    """ANIBOT_USER_BYTES_PER_HOUR bounds what one user can make Redis hold: past it, a clear refusal."""
+    data = scene_bytes(4_400_031)
+    budget = len(data) * 3 // 2  # room for one picture, not two
+    layer = bot_stack.layer(max_image_bytes=len(data) + 1, user_bytes_per_hour=budget)
+    user = fresh_id()
+    first = run(layer.images(invocation(image(data), user=user), explicit=True))
+    assert first[0].kind is ReplyKind.RESULT, first
+    [second] = run(layer.images(invocation(image(data), user=user), explicit=True))
+    assert second.kind is ReplyKind.REFUSAL and second.code == "rate_limited", second
+    assert "picture data" in second.text and second.data and second.data["retry_after_s"] >= 1
+    other = run(layer.images(invocation(image(data)), explicit=True))  # another user is not affected
+    assert other[0].kind is ReplyKind.RESULT, other

@@ -70,3 +70,50 @@ def test_result_cache_key_and_expired_blobs(kv):
     assert cache.published_fingerprint() == "fp1"
     cache.invalidate_fingerprint()
     assert cache.published_fingerprint() is None
+
+
+def test_expire_within_only_shortens_and_zero_deletes(kv):
+    blobs = BlobStore(kv, ttl_s=3600)
+    digest = blobs.put(b"posted picture")
+    blobs.expire_within(digest, 7200)  # never lengthens
+    blobs.expire_within(digest, 1)
+    assert blobs.get(digest) == b"posted picture"
+    assert wait_until(lambda: not blobs.exists(digest), 5), "a blob outlived expire_within"
+    other = blobs.put(b"another picture")
+    blobs.expire_within(other, 0)
+    assert not blobs.exists(other)
+    kept = blobs.put(b"a corrected picture")
+    blobs.expire_within(kept, 1)
+    assert blobs.keep(kept, 3600)  # a "Wrong?" in time keeps it for review
+    time.sleep(1.5)
+    assert blobs.get(kept) == b"a corrected picture"
+
+
+def wait_until(predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_blobs_go_to_their_own_redis_when_one_is_set(redis_kv):
+    from core.settings import Settings
+    from tests.conftest import empty_redis
+
+    blob_url = redis_kv.url.rsplit("/", 1)[0] + "/12"
+    blob_kv = empty_redis(blob_url)
+    try:
+        settings = Settings(redis_url=redis_kv.url, blob_redis_url=blob_url)
+        blobs = BlobStore.from_settings(settings, redis_kv)
+        digest = blobs.put(b"picture bytes")
+        assert blob_kv.get("anibot:blob:" + digest) == b"picture bytes"
+        assert redis_kv.get("anibot:blob:" + digest) is None  # the broker's Redis holds no blob
+        same = BlobStore.from_settings(Settings(redis_url=redis_kv.url), redis_kv)
+        assert same.kv is redis_kv
+        assert (
+            BlobStore.from_settings(settings, MemoryKV()).kv is not blob_kv
+        )  # the embedded mode stays in memory
+    finally:
+        blob_kv.client.flushdb()

@@ -158,3 +158,32 @@ def test_the_front_end_checks_the_header_only_and_the_worker_decodes(
     failed = client.wait(job.id, timeout_s=180)
     assert failed.status is JobStatus.FAILED, worker.output()[-3000:]
     assert failed.error is not None and failed.error.code == "corrupt_image"
+
+
+def test_redis_keeps_reply_sized_results_and_lets_the_input_go(
+    redis_kv, model_env, model_settings, start_worker
+):
+    """Blobs in their own Redis (ANIBOT_BLOB_REDIS_URL): the broker's holds none; after the job the posted picture
+    is gone (ANIBOT_INPUT_KEEP_S=0) and what stays is the result JSON and the reply-sized JPEG."""
+    from core.storage.jobs import BLOB_PREFIX
+    from tests.conftest import empty_redis
+
+    blob_url = model_settings.redis_url.rsplit("/", 1)[0] + "/12"
+    blob_kv = empty_redis(blob_url)
+    env = {**model_env, "ANIBOT_BLOB_REDIS_URL": blob_url, "ANIBOT_INPUT_KEEP_S": "0"}
+    settings = model_settings.model_copy(update={"blob_redis_url": blob_url, "input_keep_s": 0})
+    try:
+        worker = start_worker(env)
+        client = make_client(settings)
+        data, _ = scene_png(9_100_005, characters=["aoi"])
+        done = client.analyze(data, requester=Requester("test", "chat-r", "user-r"), timeout_s=180)
+        assert done.job.status is JobStatus.DONE, worker.output()[-3000:]
+        assert not redis_kv.client.keys(
+            BLOB_PREFIX + "*"
+        )  # queues and job records only in the broker's Redis
+        stored = {key.decode().removeprefix(BLOB_PREFIX) for key in blob_kv.client.keys(BLOB_PREFIX + "*")}
+        assert stored == {done.job.result["json"], done.job.result["reply_image"]}
+        assert done.job.params["image"] not in stored  # the posted picture went with the job
+        assert blob_kv.get(BLOB_PREFIX + done.job.result["reply_image"]).startswith(b"\xff\xd8\xff")
+    finally:
+        blob_kv.client.flushdb()

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
+from core.analysis.service import AnalysisService
 from core.characters.gallery_versions import fault_point
 from core.settings import get_settings
 from core.storage.jobs import BlobNotFound, JobError, JobStatus
@@ -79,6 +80,7 @@ def analyze(self: AnibotTask, job_id: str) -> str:
             "job %s: its worker died on each of %d attempts; failed, message acknowledged", job_id, lost
         )
         service.jobs.update(job, status=JobStatus.FAILED, error=JobError("worker_lost", poison_message(lost)))
+        release_input(service, job.params.get("image"))
         return "failed"
     job = service.jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
     log.info("job %s running (attempt %d) on %s", job_id, job.attempts, runtime.worker_id())
@@ -104,6 +106,7 @@ def analyze(self: AnibotTask, job_id: str) -> str:
         return "failed"
     except IntakeError as exc:
         service.jobs.update(job, status=JobStatus.FAILED, error=JobError(exc.code, exc.user_message))
+        release_input(service, job.params.get("image"))
         return "failed"
     if not outcome.logged:
         log.warning("job %s had already been completed once; result kept", job_id)
@@ -116,4 +119,11 @@ def analyze(self: AnibotTask, job_id: str) -> str:
             outcome.refs.result_blob, outcome.refs.annotated_blob, outcome.annotated_png_blob
         ),
     )
+    release_input(service, job.params.get("image"))
     return "done"
+
+
+def release_input(service: AnalysisService, image: str | None) -> None:
+    """A finished job's posted picture lives only ``ANIBOT_INPUT_KEEP_S`` more (a "Wrong?" keeps it for review)."""
+    if image:
+        service.blobs.expire_within(image, service.settings.input_keep_s)

@@ -56,6 +56,24 @@ async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Repl
     return None
 
 
+async def _over_byte_budget(layer: CommandLayer, inv: Invocation, n_bytes: int) -> Reply | None:
+    """The per-user byte budget (``ANIBOT_USER_BYTES_PER_HOUR``): what one user can make Redis hold is bounded."""
+    s = layer.settings
+    budget = max(s.user_bytes_per_hour, s.max_image_bytes)
+    rule = BucketRule(per_minute=budget / 60, burst=budget)
+    decision = await layer.run_sync(layer.buckets.take, f"bytes:{inv.platform}:{inv.user_id}", rule, n_bytes)
+    if decision.allowed:
+        return None
+    log.info("byte budget spent (%d bytes asked, %s)", n_bytes, inv.where())
+    return Reply(
+        kind=ReplyKind.REFUSAL,
+        text=f"You have sent a lot of picture data this past hour (the limit is {budget >> 20} MB an hour). "
+        f"Try again in {decision.retry_after_text}.",
+        code="rate_limited",
+        data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
+    )
+
+
 async def _fetch(layer: CommandLayer, image: IncomingImage) -> bytes:
     """The bytes of a posted image; the announced size is checked before anything is downloaded."""
     limit = layer.settings.max_image_bytes
@@ -123,6 +141,10 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
         for index, image in enumerate(images):
             try:
                 data = await _fetch(layer, image)
+                spent = await _over_byte_budget(layer, inv, len(data))
+                if spent is not None:
+                    replies[index] = spent
+                    continue
                 job = await layer.run_sync(
                     layer.client.submit_analysis,
                     data,

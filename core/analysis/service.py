@@ -51,7 +51,7 @@ class AnalysisService:
         self.settings = settings
         self.kv = kv
         self.store = store
-        self.blobs = BlobStore(kv, settings.blob_ttl_s)
+        self.blobs = BlobStore.from_settings(settings, kv)
         self.jobs = JobStore(kv, settings.job_ttl_s)
         self.cache = ResultCache(kv, self.blobs, settings.result_cache_ttl_s)
         self._pipeline_factory = pipeline_factory or (

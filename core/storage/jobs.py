@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from core.storage.kv import KeyValue
+from core.settings import Settings
+from core.storage.kv import KeyValue, RedisKV
 
 BLOB_PREFIX = "anibot:blob:"
 JOB_PREFIX = "anibot:job:"
@@ -83,16 +84,35 @@ class BlobNotFound(KeyError):
 
 
 class BlobStore:
-    """Content-addressed bytes with a time to live: the key is the sha256 of the value."""
+    """Content-addressed bytes with a time to live: the key is the sha256 of the value.
+
+    Blobs may live in a Redis of their own (``ANIBOT_BLOB_REDIS_URL``), one allowed to evict under memory pressure:
+    a blob is always either found or reported missing (:class:`BlobNotFound`), never wrong."""
 
     def __init__(self, kv: KeyValue, ttl_s: int) -> None:
         self.kv = kv
         self.ttl_s = ttl_s
 
+    @classmethod
+    def from_settings(cls, settings: Settings, kv: KeyValue) -> BlobStore:
+        """Blobs in ``ANIBOT_BLOB_REDIS_URL`` when it names another Redis than ``kv``'s, else beside the jobs."""
+        url = settings.blob_redis_url
+        if url and isinstance(kv, RedisKV) and url != kv.url:
+            return cls(RedisKV(url), settings.blob_ttl_s)
+        return cls(kv, settings.blob_ttl_s)
+
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         self.kv.set(BLOB_PREFIX + digest, data, self.ttl_s)
         return digest
+
+    def expire_within(self, digest: str, ttl_s: int) -> None:
+        """Let a blob live at most ``ttl_s`` more seconds (0: delete it now); a correction's picture is kept by
+        :meth:`keep` afterwards, never before."""
+        if ttl_s <= 0:
+            self.kv.delete(BLOB_PREFIX + digest)
+        else:
+            self.kv.expire_within(BLOB_PREFIX + digest, ttl_s)
 
     def get(self, digest: str) -> bytes:
         data = self.kv.get(BLOB_PREFIX + digest)

@@ -22,6 +22,10 @@ class KeyValue(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def expire_within(self, key: str, ttl_s: int) -> None:
+        """Let ``key`` live at most ``ttl_s`` more seconds (a longer time to live is shortened, never lengthened)."""
+        ...
+
     def incr(self, key: str) -> int: ...
 
     def push_recent(self, key: str, value: bytes, keep: int, ttl_s: int) -> None: ...
@@ -73,6 +77,9 @@ class RedisKV:
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
+
+    def expire_within(self, key: str, ttl_s: int) -> None:
+        self.client.expire(key, ttl_s, lt=True)  # LT: only ever shortens (Redis >= 7)
 
     def incr(self, key: str) -> int:
         return int(self.client.incr(key))
@@ -139,6 +146,12 @@ class MemoryKV:
     def delete(self, key: str) -> None:
         with self._cond:
             self._data.pop(key, None)
+
+    def expire_within(self, key: str, ttl_s: int) -> None:
+        with self._cond:
+            item = self._data.get(key)
+            if item is not None:
+                self._data[key] = (item[0], min(item[1], time.monotonic() + ttl_s))
 
     def incr(self, key: str) -> int:
         with self._cond:
