@@ -222,6 +222,23 @@ def test_bearer_token_is_required_when_set(bot_stack):
     with_client(bot_stack, test, api_token=API_TOKEN)
 
 
+def test_unicode_digits_are_a_bad_request_and_paths_cannot_forge_log_lines(bot_stack, caplog):
+    async def test(client: TestClient, layer: Any) -> None:
+        # "²".isdigit() is true but int("²") fails: these were 500s
+        client.session.headers["Authorization"] = f"Bearer {API_TOKEN}"
+        recommend = await client.get("/v1/recommend", params={"title": "Naruto", "n": "²"})
+        await expect_error(recommend, 400, "bad_request", "/v1/recommend", "get")
+        analyze = await client.post("/v1/analyze", data=form(scene_png(5_500_007), top_n="²"))
+        await expect_error(analyze, 400, "bad_request", "/v1/analyze", "post")
+        del client.session.headers["Authorization"]
+        forged = await client.get("/v1/jobs/x%0A2026-01-01 INFO forged line")  # no token: logged
+        assert forged.status == 401
+        [record] = [r for r in caplog.records if r.getMessage().startswith("unauthorised")]
+        assert "\n" not in record.getMessage() and "\\n" in record.getMessage()
+
+    with_client(bot_stack, test, api_token=API_TOKEN)
+
+
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_a_blank_token_means_no_token_and_a_short_one_is_refused(blank, monkeypatch):
     """``ANIBOT_API_TOKEN=`` once made an empty token that an empty bearer header matched, while the document

@@ -184,3 +184,34 @@ def test_follow_up_messages_are_capped():
     assert cap_messages([str(i) for i in range(10)], 4) == ["0", "1", "2", CUT_NOTE]
     chunks = message_chunks(Reply(text="word " * 20_000))
     assert len(chunks) == 4 and chunks[-1] == CUT_NOTE and all(len(c) <= 4096 for c in chunks)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7", 7),
+        (" 12 ", 12),
+        ("0", 0),
+        ("²", None),
+        ("٣", None),
+        ("3\n", 3),
+        ("-1", None),
+        ("1e3", None),
+        ("", None),
+        ("1234567890", None),
+    ],
+)
+def test_numbers_are_ascii_digits_only(text, expected):
+    from bot.numbers import ascii_int
+
+    assert ascii_int(text) == expected
+
+
+def test_settings_topn_refuses_unicode_digits():
+    from bot.commands.general import SETTINGS
+
+    read = SETTINGS["topn"][1]
+    assert read("3") == 3
+    for bad in ("²", "٣", "11", "0"):
+        with pytest.raises(ValueError, match="from 1 to 10"):
+            read(bad)

@@ -21,6 +21,7 @@ from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
 from bot.commands.catalog import PAGE as RECOMMEND_PAGE
 from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
+from bot.numbers import ascii_int_in
 from bot.replies import Reply, ReplyKind
 from core.chat.store import ChatKind
 from core.settings import Settings
@@ -110,7 +111,7 @@ async def errors(
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
         error_id = new_error_id()
-        log.exception("error %s in %s %s", error_id, request.method, request.path)
+        log.exception("error %s in %s %r", error_id, request.method, request.path)  # repr: no forged lines
         return error_response(500, "internal", "Something went wrong on our side.", error_id=error_id)
 
 
@@ -122,7 +123,7 @@ async def bearer_auth(
     if token is None or request.path in OPEN_PATHS:
         return await handler(request)
     if not hmac.compare_digest(bearer_token(request).encode(), token.get_secret_value().encode()):
-        log.warning("unauthorised %s %s from %s", request.method, request.path, request.remote)
+        log.warning("unauthorised %s %r from %s", request.method, request.path, request.remote)
         response = error_response(401, "unauthorised", "A valid bearer token is required.")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -173,8 +174,9 @@ async def analyze(request: web.Request) -> web.Response:
         return error_response(STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.user_message)
     if data is None:
         return error_response(400, "no_image", "Send the picture as a multipart form part named 'image'.")
-    top_n = fields.get("top_n", "")
-    if top_n and (not top_n.isdigit() or not 1 <= int(top_n) <= MAX_TOP_N):
+    top_n_text = fields.get("top_n", "")
+    top_n = ascii_int_in(top_n_text, 1, MAX_TOP_N) if top_n_text else None
+    if top_n_text and top_n is None:
         return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
 
     async def fetch() -> bytes:
@@ -190,7 +192,7 @@ async def analyze(request: web.Request) -> web.Response:
     result = reply.data["result"]
     if top_n:
         for head in result["heads"]:
-            head["candidates"] = head["candidates"][: int(top_n)]
+            head["candidates"] = head["candidates"][:top_n]
     job_id = reply.data["job_id"]
     body = {
         "job_id": job_id,
@@ -289,10 +291,9 @@ def _title(request: web.Request) -> str:
 async def recommend(request: web.Request) -> web.Response:
     """``/recommend <title>`` through the layer; pages past the first come from its "More" button."""
     title = _title(request)
-    n_text = request.query.get("n", str(RECOMMEND_PAGE))
-    if not n_text.isdigit() or not 1 <= int(n_text) <= MAX_RECOMMEND:
+    n = ascii_int_in(request.query.get("n", str(RECOMMEND_PAGE)), 1, MAX_RECOMMEND)
+    if n is None:
         return error_response(400, "bad_request", f"n must be a number from 1 to {MAX_RECOMMEND}.")
-    n = int(n_text)
     layer = request.app[LAYER]
     inv = invocation(request, args=title)
     reply = (await layer.command(inv, "recommend"))[0]

@@ -6,6 +6,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from bot.invocation import Invocation, Progress
+from bot.numbers import ascii_int
 from bot.registry import BUTTONS, COMMANDS
 from bot.replies import Button, Reply, ReplyField, ReplyKind, refusal
 from bot.waiting import WaitOutcome
@@ -143,10 +144,11 @@ async def recommend(layer: CommandLayer, inv: Invocation, progress: Progress) ->
 @BUTTONS.action("recmore")
 async def recommend_more(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     offset_text, _, key = inv.args.partition(":")
-    raw = await layer.run_sync(layer.kv.get, QUERY_PREFIX + key)
-    if raw is None or not offset_text.isdigit():
+    offset = ascii_int(offset_text)
+    raw = await layer.run_sync(layer.kv.get, QUERY_PREFIX + key) if offset is not None else None
+    if raw is None or offset is None:
         return [refusal("That list has expired; ask /recommend again.")]
-    return await _recommend_page(layer, inv, raw.decode() or None, int(offset_text))
+    return await _recommend_page(layer, inv, raw.decode() or None, offset)
 
 
 @COMMANDS.command("anime", summary="Details of an anime", usage="/anime <title>", argument="title")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.invocation import Invocation, Progress
+from bot.numbers import ascii_int_in
 from bot.registry import COMMANDS, Permission
 from bot.replies import Reply, ReplyField, ReplyKind
 from core.chat.store import TitleLanguage
@@ -58,8 +59,8 @@ def _switch(value: str) -> bool:
 
 
 def _top_n(value: str) -> int:
-    n = int(value)
-    if not 1 <= n <= 10:
+    n = ascii_int_in(value, 1, 10)
+    if n is None:
         raise ValueError("use a number from 1 to 10")
     return n
 

@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from bot.invocation import Invocation, Progress
+from bot.numbers import ascii_int
 from bot.registry import BUTTONS, COMMANDS, Permission
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind, refusal
 from core.characters.corrections import Corrections, PendingReview, head_crop_png
@@ -107,9 +108,10 @@ def _reviewed(layer: CommandLayer, inv: Invocation) -> int | Reply:
     if not layer.is_bot_admin(inv):
         log.warning("refused a review button to a non-admin (%s)", inv.where())
         return refusal("Only bot admins can review corrections.", "forbidden")
-    if not inv.args.strip().isdigit():
+    correction_id = ascii_int(inv.args)
+    if correction_id is None:
         return refusal("That button no longer works.", "expired")
-    return int(inv.args)
+    return correction_id
 
 
 def _reviewer(inv: Invocation) -> str:
