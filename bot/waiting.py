@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from bot.outage import UNREACHABLE_ERRORS
@@ -20,6 +20,9 @@ from core.storage.jobs import DONE_PREFIX, Job, JobError, JobStatus
 from workers.client import QueueClient
 
 log = logging.getLogger(__name__)
+
+
+LOST = "I lost track of your request (the service restarted). Please send it again."
 
 
 class WaitOutcome(StrEnum):
@@ -79,8 +82,9 @@ class JobWaiter:
         while True:
             try:
                 current = await asyncio.to_thread(self.client.jobs.get, job.id)
-                if current is None:
-                    failed = Job(**{**job.__dict__, "status": JobStatus.FAILED})
+                if current is None:  # expired, or lost with a Redis that restarted without persistence
+                    log.warning("job %s: its record is gone; answered lost", job.id)
+                    failed = replace(job, status=JobStatus.FAILED, error=JobError("lost", LOST))
                     return Waited(WaitOutcome.FINISHED, failed)
                 job = current
                 if outage:

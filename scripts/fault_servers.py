@@ -3,8 +3,9 @@ or kill them (never the shared servers other tests use).
 
 ``RedisServer`` keeps its data in an append-only file fsynced at every write, so a server killed with SIGKILL
 and started again holds everything it acknowledged (queues, jobs, blobs), as a Redis configured for durability
-would. ``PostgresServer`` is a cluster made with ``initdb`` in a temporary folder; a crash stop
-(``pg_ctl stop -m immediate``) aborts every connection and the next start replays the WAL.
+would (``durable=False``: nothing survives a restart). ``PostgresServer`` is a cluster made with ``initdb`` in a
+temporary folder; a crash stop (``pg_ctl stop -m immediate``) aborts every connection and the next start replays
+the WAL.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 class RedisServer:
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, *, durable: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerMissing("redis-server is not installed (scripts/ensure_redis.sh installs it)")
@@ -48,6 +49,7 @@ class RedisServer:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.durable = durable  # False: nothing survives a restart (like scripts/ensure_redis.sh)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -55,7 +57,8 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root)]
-        argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        argv += ["--save", "", "--protected-mode", "no"]
         argv += ["--logfile", str(self.root / "redis.log")]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
