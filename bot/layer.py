@@ -8,6 +8,7 @@ library: work goes to the queue.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -17,12 +18,12 @@ from bot.outage import UNREACHABLE_ERRORS, unreachable_reply
 from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
 from bot.replies import Button, Reply, ReplyKind, refusal
 from bot.waiting import JobWaiter
-from core.chat.ratelimit import ActiveJobs, TokenBuckets
+from core.chat.ratelimit import ActiveJobs, BucketRule, TokenBuckets
 from core.chat.store import ChatStore
 from core.settings import Settings
 from core.storage.kv import RedisKV
 from core.storage.store import Store
-from workers.client import QueueClient
+from workers.client import QueueClient, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ class CommandLayer:
         denied = self.denied(spec, inv)
         if denied is not None:
             return [denied]
-        return await self.guarded(inv, f"/{spec.name}", lambda: spec.handler(self, inv, progress))
+        run = lambda: spec.handler(self, inv, progress)  # noqa: E731
+        if spec.name != "identify":  # pictures have their own buckets (per user and per chat, a token each)
+            run = self.throttled(inv, run)
+        return await self.guarded(inv, f"/{spec.name}", run)
 
     async def images(
         self, inv: Invocation, progress: Progress = no_progress, *, explicit: bool
@@ -114,7 +118,9 @@ class CommandLayer:
         if handler is None:
             return [refusal("That button no longer works.", "expired")]
         pressed = replace(inv, args=payload)
-        return await self.guarded(inv, f"button {action}", lambda: handler(self, pressed, progress))
+        return await self.guarded(
+            inv, f"button {action}", self.throttled(inv, lambda: handler(self, pressed, progress))
+        )
 
     async def text(self, inv: Invocation) -> list[Reply]:
         """A plain message: the answer to a question the bot asked this user here, if any (else nothing)."""
@@ -131,6 +137,33 @@ class CommandLayer:
         return await self.guarded(inv, f"answer {action}", lambda: handler(self, answered, no_progress))
 
     # --- helpers for command handlers ----------------------------------------------------------------------
+
+    def throttled(
+        self, inv: Invocation, run: Callable[[], Awaitable[list[Reply]]]
+    ) -> Callable[[], Awaitable[list[Reply]]]:
+        """``run`` behind the user's command bucket (``ANIBOT_RATE_COMMAND_PER_MIN`` / ``_BURST``): catalogue
+        commands, buttons and the REST API's routes over them cost one token each; bot admins are not limited."""
+
+        async def limited() -> list[Reply]:
+            if self.is_bot_admin(
+                inv
+            ):  # trusted, and their review and teaching sessions are many presses long
+                return await run()
+            rule = BucketRule(self.settings.rate_command_per_min, self.settings.rate_command_burst)
+            decision = await self.run_sync(self.buckets.take, f"cmd:{inv.platform}:{inv.user_id}", rule)
+            if not decision.allowed:
+                log.info("commands rate limited (%s)", inv.where())
+                return [
+                    Reply(
+                        kind=ReplyKind.REFUSAL,
+                        text=f"Slow down: too many commands. Try again in {decision.retry_after_text}.",
+                        code="rate_limited",
+                        data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
+                    )
+                ]
+            return await run()
+
+        return limited
 
     def is_bot_admin(self, inv: Invocation) -> bool:
         return self.settings.is_admin(inv.platform, inv.user_id) or inv.has_admin_role
@@ -165,6 +198,9 @@ class CommandLayer:
     ) -> list[Reply]:
         try:
             return await run()
+        except QueueFull as exc:  # the backlog is capped: a clear "busy", nothing stored or sent
+            log.warning("%s: refused, %s (%s)", what, exc, inv.where())
+            return [refusal(QueueFull.user_message, "busy")]
         except UNREACHABLE_ERRORS as exc:  # Redis or the database restarting: a clear "busy", not an error id
             log.warning("%s: a shared store is unreachable (%s): %s", what, inv.where(), exc)
             return [unreachable_reply()]

@@ -126,6 +126,17 @@ class Settings(BaseSettings):
         "and its message acknowledged: a poison picture never loops.",
     )
     job_wait_timeout_s: float = Field(120.0, gt=0, description="How long a client waits for a queued job.")
+    task_expires_s: int = Field(
+        600,
+        ge=1,
+        description="An analysis or catalogue task still queued after this long is dropped and its job failed "
+        "('busy'): nobody waits for it any more.",
+    )
+    max_backlog: int = Field(
+        1000,
+        ge=1,
+        description="Analyses (or catalogue queries) waiting in their queue before new ones are refused.",
+    )
 
     train_slice_s: int = Field(
         300,
@@ -226,6 +237,14 @@ class Settings(BaseSettings):
     rate_user_burst: int = Field(3, ge=1, description="Analyses a user may ask for at once (bucket size).")
     rate_chat_per_min: float = Field(20.0, gt=0, description="Analyses per minute in one chat (refill).")
     rate_chat_burst: int = Field(10, ge=1, description="Analyses at once in one chat (bucket size).")
+    rate_command_per_min: float = Field(
+        30.0,
+        gt=0,
+        description="Commands and button presses a user may send per minute (refill), pictures apart.",
+    )
+    rate_command_burst: int = Field(
+        10, ge=1, description="Commands and button presses at once (bucket size)."
+    )
     max_images_per_message: int = Field(10, ge=1, le=20, description="Images answered per message or album.")
     user_bytes_per_hour: int = Field(
         200 * 1024 * 1024,
@@ -241,6 +260,9 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address `anibot api` listens on.")
     api_port: int = Field(8080, ge=1, le=65535, description="Port `anibot api` listens on.")
+    api_read_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds the REST API waits for each part of an upload before answering 408."
+    )
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token the REST API requires (at least 16 characters); empty = no authentication (keep "

@@ -30,6 +30,8 @@ ROOMY = {
     "rate_user_per_min": 600.0,
     "rate_chat_burst": 100,
     "rate_chat_per_min": 600.0,
+    "rate_command_burst": 100,
+    "rate_command_per_min": 600.0,
 }
 SMALL_LIMIT = 200_000
 API_TOKEN = "test-token-0123456789abcdef"
@@ -399,3 +401,63 @@ def test_no_worker_means_503_unavailable_and_unhealthy(bot_stack):
         await expect_error(refused, 503, "unavailable", "/v1/analyze", "post")
 
     with_client(bot_stack, test, redis_url=IDLE_REDIS_URL, unavailable_after_s=1.0)
+
+
+BOUNDARY = "anibotboundary"
+
+
+def stalled_upload(head: bytes, release: asyncio.Event):  # type: ignore[no-untyped-def]
+    """A multipart body that sends ``head`` (the image part begun) and then stalls until ``release`` is set."""
+
+    async def body():  # type: ignore[no-untyped-def]
+        yield head
+        await release.wait()
+        yield b"\r\n--" + BOUNDARY.encode() + b"--\r\n"
+
+    return body()
+
+
+def image_part_head(data: bytes) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + data
+
+
+def test_limits_are_checked_before_the_upload_is_read(bot_stack):
+    """The one-job check (and the rate limit before it) answers while the picture is still arriving; a stalled
+    upload gets 408 after the read timeout; a form of too many parts is refused."""
+    token = "api-token-" + uuid.uuid4().hex
+
+    async def test(client: TestClient, layer: Any) -> None:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        }
+        caller = "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+        slot = f"api:api:{caller}"
+        release = asyncio.Event()
+        assert await asyncio.to_thread(layer.active.acquire, slot, "another-request")
+        body = stalled_upload(image_part_head(scene_png(5_500_021)[:1000]), release)
+        response = await asyncio.wait_for(client.post("/v1/analyze", data=body, headers=headers), 20)
+        await expect_error(response, 429, "job_running", "/v1/analyze", "post")  # the picture never finished
+        release.set()
+        await asyncio.to_thread(layer.active.release, slot, "another-request")
+
+        # the picture's bytes stop coming: 408 after the read timeout, and the caller's one-job lock is free again
+        stuck = asyncio.Event()
+        slow = stalled_upload(image_part_head(scene_png(5_500_022)[:1000]), stuck)
+        timed_out = await asyncio.wait_for(client.post("/v1/analyze", data=slow, headers=headers), 20)
+        assert timed_out.status == 408, await timed_out.text()
+        assert (await timed_out.json())["error"]["code"] == "timeout"
+        stuck.set()
+        assert await asyncio.to_thread(layer.active.holder, slot) is None
+
+        many = aiohttp.FormData()
+        for i in range(20):
+            many.add_field(f"f{i}", "x")
+        many.add_field("image", scene_png(5_500_023), filename="a.png", content_type="image/png")
+        refused = await client.post("/v1/analyze", data=many, headers={"Authorization": f"Bearer {token}"})
+        await expect_error(refused, 400, "bad_request", "/v1/analyze", "post")
+
+    with_client(bot_stack, test, api_token=token, api_read_timeout_s=1.0)

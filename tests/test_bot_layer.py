@@ -227,3 +227,27 @@ def test_a_user_has_a_byte_budget(bot_stack):
     assert "picture data" in second.text and second.data and second.data["retry_after_s"] >= 1
     other = run(layer.images(invocation(image(data)), explicit=True))  # another user is not affected
     assert other[0].kind is ReplyKind.RESULT, other
+
+
+def test_ten_pictures_cost_ten_tokens(bot_stack):
+    """An album beyond the user's burst: the first pictures the bucket allows are answered, the rest are told."""
+    layer = bot_stack.layer(rate_user_burst=2, rate_user_per_min=1.0)
+    data = scene_bytes(4_400_041)
+    replies = run(layer.images(invocation(*(image(data, name=f"p{i}.png") for i in range(5))), explicit=True))
+    results = [r for r in replies if r.kind is ReplyKind.RESULT]
+    notes = [r for r in replies if r.code == "rate_limited"]
+    assert len(results) == 2 and len(notes) == 1, replies
+    assert "first 2 of 5" in notes[0].text
+
+
+def test_commands_and_buttons_are_rate_limited(bot_stack):
+    layer = bot_stack.layer(rate_command_burst=2, rate_command_per_min=1.0)
+    user = fresh_id()
+    first = run(layer.command(invocation(user=user), "help"))
+    assert first[0].kind is not ReplyKind.REFUSAL
+    run(layer.button(invocation(user=user), "more:" + "0" * 32))  # a button press costs a token too
+    [refused] = run(layer.command(invocation(user=user), "help"))
+    assert refused.code == "rate_limited" and "too many commands" in refused.text
+    assert (
+        run(layer.command(invocation(), "help"))[0].kind is not ReplyKind.REFUSAL
+    )  # others are not affected

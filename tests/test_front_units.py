@@ -215,3 +215,17 @@ def test_settings_topn_refuses_unicode_digits():
     for bad in ("²", "٣", "11", "0"):
         with pytest.raises(ValueError, match="from 1 to 10"):
             read(bad)
+
+
+def test_take_up_to_grants_what_every_bucket_holds_and_charges_each_item(redis_kv):
+    buckets = TokenBuckets(redis_kv.client)
+    user, chat = f"user:{uuid.uuid4().hex}", f"chat:{uuid.uuid4().hex}"
+    pair = [(user, BucketRule(per_minute=6, burst=3)), (chat, BucketRule(per_minute=60, burst=10))]
+    grant = buckets.take_up_to(pair, 10)  # ten pictures cost ten tokens: the user's bucket holds three
+    assert grant.granted == 3 and grant.limiting == 0 and grant.retry_after_s > 0
+    again = buckets.take_up_to(pair, 1)
+    assert again.granted == 0 and 5 < again.retry_after_s <= 10.5  # one token flows back every 10 s
+    # the chat paid for the three granted only
+    assert buckets.take_up_to([(chat, BucketRule(per_minute=60, burst=10))], 10).granted == 7
+    # a cost the bucket can never hold is refused, not charged at the bucket's size
+    assert not buckets.take(f"user:{uuid.uuid4().hex}", BucketRule(per_minute=6, burst=3), cost=10).allowed

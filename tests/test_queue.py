@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -187,3 +188,33 @@ def test_redis_keeps_reply_sized_results_and_lets_the_input_go(
         assert blob_kv.get(BLOB_PREFIX + done.job.result["reply_image"]).startswith(b"\xff\xd8\xff")
     finally:
         blob_kv.client.flushdb()
+
+
+def test_the_backlog_is_capped_and_queued_tasks_expire(redis_kv, model_env, model_settings, start_worker):
+    """Past ANIBOT_MAX_BACKLOG nothing more is stored or sent; a task still queued after ANIBOT_TASK_EXPIRES_S
+    is dropped by the worker and its job fails 'busy' (never left 'queued' forever); later jobs are served."""
+    from workers.client import QueueFull
+    from workers.tasks import EXPIRED_MESSAGE
+
+    client = make_client(model_settings.model_copy(update={"max_backlog": 2, "task_expires_s": 1}))
+    jobs = [
+        client.submit_analysis(scene_png(9_100_010 + i)[0], requester=Requester("test")) for i in range(2)
+    ]
+    before = set(redis_kv.client.keys("*"))
+    with pytest.raises(QueueFull):
+        client.submit_analysis(scene_png(9_100_012)[0], requester=Requester("test"))
+    assert set(redis_kv.client.keys("*")) == before  # refused: no blob, no job, no message
+
+    time.sleep(1.5)  # both expire before any worker runs
+    worker = start_worker(model_env)
+    for job in jobs:
+        failed = client.wait(job.id, timeout_s=120)
+        assert failed.status is JobStatus.FAILED, worker.output()[-3000:]
+        assert failed.error is not None and (failed.error.code, failed.error.message) == (
+            "busy",
+            EXPIRED_MESSAGE,
+        )
+    served = make_client(model_settings).analyze(
+        scene_png(9_100_013, characters=["aoi"])[0], requester=Requester("test"), timeout_s=120
+    )
+    assert served.job.status is JobStatus.DONE

@@ -19,7 +19,7 @@ from core.storage.kv import RedisKV
 from core.storage.result_cache import ResultCache
 from core.vision.intake import inspect_image
 from core.vision.results import AnalysisResult
-from workers.celery_app import ANALYZE_TASK, TASK_QUEUES, make_app
+from workers.celery_app import ANALYZE_TASK, CATALOG_TASK, TASK_QUEUES, make_app
 
 
 class JobFailed(RuntimeError):
@@ -32,6 +32,19 @@ class JobFailed(RuntimeError):
 
 class JobTimeout(TimeoutError):
     pass
+
+
+class QueueFull(RuntimeError):
+    """The queue already holds ``ANIBOT_MAX_BACKLOG`` messages: nothing was stored or sent."""
+
+    user_message = (
+        "I'm very busy right now: too many pictures are waiting. Please try again in a few minutes."
+    )
+
+
+# Tasks a user waits for: they expire when still queued after ANIBOT_TASK_EXPIRES_S, and their queues are capped.
+# Admin work (the train queue) is neither: an admin's retraining may wait behind another.
+BOUNDED_TASKS = frozenset({ANALYZE_TASK, CATALOG_TASK})
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class QueueClient:
         Raises :class:`core.vision.intake.IntakeError` for bad input, before anything is stored or enqueued.
         """
         top_n = top_n or self.settings.top_n
+        self._check_backlog(ANALYZE_TASK)
         # the header only (format, width x height, frames): a front-end never decodes pixels, workers do
         header = inspect_image(
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
@@ -80,8 +94,17 @@ class QueueClient:
                 cached=True,
                 result={"json": cached.result_blob, "reply_image": cached.annotated_blob},
             )
-        self.app.send_task(ANALYZE_TASK, args=[job.id], queue=TASK_QUEUES[ANALYZE_TASK])
+        self._send(ANALYZE_TASK, job)
         return job
+
+    def _check_backlog(self, task: str) -> None:
+        queue = TASK_QUEUES[task]
+        if task in BOUNDED_TASKS and self.backlog(queue) >= self.settings.max_backlog:
+            raise QueueFull(f"queue {queue} holds {self.settings.max_backlog} or more messages")
+
+    def _send(self, task: str, job: Job) -> None:
+        expires = self.settings.task_expires_s if task in BOUNDED_TASKS else None
+        self.app.send_task(task, args=[job.id], queue=TASK_QUEUES[task], expires=expires)
 
     def submit_task(
         self,
@@ -94,10 +117,11 @@ class QueueClient:
     ) -> Job:
         """Enqueue ``task`` for a new job of ``kind``; ``images`` go to the blob store, their hashes into
         ``params["images"]`` (only ids and hashes travel in the message)."""
+        self._check_backlog(task)
         if images:
             params = {**params, "images": [self.blobs.put(data) for data in images]}
         job = self.jobs.create(kind, requester, params=params)
-        self.app.send_task(task, args=[job.id], queue=TASK_QUEUES[task])
+        self._send(task, job)
         return job
 
     def result_json(self, job: Job) -> Any:
@@ -110,7 +134,10 @@ class QueueClient:
         """Messages waiting in ``queue`` (kombu keeps a Redis list per queue and priority step)."""
         client = self.kv.client
         keys = [queue, *(f"{queue}\x06\x16{step}" for step in range(1, 10))]
-        return sum(int(client.llen(key)) for key in keys)
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            return sum(int(n) for n in pipe.execute())
 
     def workers_for(self, queue: str, timeout_s: float = 1.0) -> int:
         """Live workers consuming ``queue`` (asks over the broker: takes up to ``timeout_s``)."""

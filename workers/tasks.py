@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy.exc
+from celery import signals
 
 from core.analysis.service import AnalysisService
 from core.characters.gallery_versions import fault_point
 from core.settings import get_settings
-from core.storage.jobs import BlobNotFound, JobError, JobStatus
+from core.storage.jobs import BlobNotFound, BlobStore, JobError, JobStatus, JobStore
+from core.storage.kv import RedisKV
 from core.vision.intake import IntakeError
 from workers import runtime
 from workers.celery_app import ANALYZE_TASK, app
@@ -121,6 +124,33 @@ def analyze(self: AnibotTask, job_id: str) -> str:
     )
     release_input(service, job.params.get("image"))
     return "done"
+
+
+EXPIRED_MESSAGE = "I was too busy to start on this in time. Please try again in a few minutes."
+
+
+@signals.task_revoked.connect
+def _expired(request: Any = None, expired: bool | None = None, **_: Any) -> None:
+    """A task dropped unstarted because it expired (``ANIBOT_TASK_EXPIRES_S``): its job fails with 'busy' instead
+    of staying queued forever. Runs in the worker's main process, so it touches only Redis (no model, no SQL)."""
+    if not expired or request is None or not request.args:
+        return
+    job_id = request.args[0]
+    jobs, blobs = _light_stores()
+    job = jobs.get(job_id)
+    if job is None or job.status.finished:
+        return
+    log.warning("job %s expired in the queue (task %s): failed as busy", job_id, request.task)
+    jobs.update(job, status=JobStatus.FAILED, error=JobError("busy", EXPIRED_MESSAGE))
+    if job.kind == "analyze" and job.params.get("image"):
+        blobs.expire_within(job.params["image"], get_settings().input_keep_s)
+
+
+@lru_cache(maxsize=1)
+def _light_stores() -> tuple[JobStore, BlobStore]:
+    settings = get_settings()
+    kv = RedisKV(settings.redis_url)
+    return JobStore(kv, settings.job_ttl_s), BlobStore.from_settings(settings, kv)
 
 
 def release_input(service: AnalysisService, image: str | None) -> None:

@@ -35,6 +35,7 @@ LAYER: web.AppKey[CommandLayer] = web.AppKey("layer", CommandLayer)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image
 MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
+MAX_PARTS = 16  # form parts in all: more is refused
 MAX_FIELD_BYTES = 1024
 OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -51,6 +52,7 @@ STATUS_OF_CODE = {
     "not_found": 404,
     "ambiguous": 404,
     "expired": 404,
+    "timeout": 408,
 }
 
 
@@ -140,55 +142,113 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
     return bytes(chunks)
 
 
-async def read_image(request: web.Request, limit: int) -> tuple[bytes | None, str, dict[str, str]]:
-    """The multipart ``image`` part (at most ``limit`` bytes), its file name, and the other small fields.
+class UploadTimeout(IntakeError):
+    code = "timeout"
+    default_message = "The upload was too slow; send the picture again."
 
-    The announced length is checked before anything is read; a chunked upload is counted as it comes."""
-    if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
-        raise too_many_bytes(request.content_length, limit)
-    data: bytes | None = None
-    filename = "image"
-    fields: dict[str, str] = {}
-    if not request.content_type.startswith("multipart/"):
-        return data, filename, fields
-    reader = await request.multipart()
-    async for part in reader:
+
+class Upload:
+    """A multipart form read in order and bounded: the small fields before the ``image`` part at once, the image
+    itself only when :meth:`image` is awaited (after the caller passed the rate limits and the one-job check),
+    the fields after it last. At most ``MAX_PARTS`` parts; every read must finish within ``timeout_s``."""
+
+    def __init__(self, request: web.Request, limit: int, timeout_s: float) -> None:
+        self.request = request
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.fields: dict[str, str] = {}
+        self.filename = "image"
+        self._reader: Any = None
+        self._part: BodyPartReader | None = None
+        self._parts = 0
+        self.image_read = False
+
+    async def until_image(self) -> bool:
+        """Read up to the image part; False when the form has none (or is no multipart form)."""
+        if not self.request.content_type.startswith("multipart/"):
+            return False
+        async with asyncio.timeout(self.timeout_s):
+            self._reader = await self.request.multipart()
+            async for part in self._reader:
+                if not await self._take(part):
+                    return True
+        return False
+
+    async def _take(self, part: Any) -> bool:
+        """Keep one part; False when it is the image part (left unread)."""
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise web.HTTPBadRequest(
+                text=json.dumps(
+                    {"error": {"code": "bad_request", "message": f"At most {MAX_PARTS} form parts."}}
+                ),
+                content_type="application/json",
+            )
         if not isinstance(part, BodyPartReader):
-            continue  # a nested multipart: not ours
-        if part.name == "image" and data is None:
-            data = await _read_part(part, limit)
-            filename = (part.filename or filename)[:100]
-        elif part.name and len(fields) < MAX_FIELDS:
-            fields[part.name] = (await _read_part(part, MAX_FIELD_BYTES)).decode(errors="replace")
-        else:
-            await _read_part(part, MAX_FIELD_BYTES)  # skipped, still bounded
-    return data, filename, fields
+            return True  # a nested multipart: not ours
+        if part.name == "image" and self._part is None:
+            self._part = part
+            self.filename = (part.filename or self.filename)[:100]
+            return False
+        value = await _read_part(part, MAX_FIELD_BYTES)  # skipped or kept, always bounded
+        if part.name and len(self.fields) < MAX_FIELDS:
+            self.fields.setdefault(part.name, value.decode(errors="replace"))
+        return True
+
+    async def image(self) -> bytes:
+        """The image part's bytes, at most ``limit`` of them, within the read timeout."""
+        assert self._part is not None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                data = await _read_part(self._part, self.limit)
+        except TimeoutError as exc:
+            raise UploadTimeout(detail=f"image part not read within {self.timeout_s} s") from exc
+        self.image_read = True
+        return data
+
+    async def rest(self) -> None:
+        """The fields after the image part (only once the image was read: else the body is left unread)."""
+        if not self.image_read or self._reader is None:
+            return
+        async with asyncio.timeout(self.timeout_s):
+            async for part in self._reader:
+                await self._take(part)
 
 
 async def analyze(request: web.Request) -> web.Response:
+    """The announced length first, then the caller's limits (rate, one job), and only then the picture is read."""
     layer = request.app[LAYER]
     limit = layer.settings.max_image_bytes
+    if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
+        exc = too_many_bytes(request.content_length, limit)
+        return error_response(413, exc.code, exc.user_message)
+    upload = Upload(request, limit, layer.settings.api_read_timeout_s)
     try:
-        data, filename, fields = await read_image(request, limit)
-    except IntakeError as exc:  # too large: refused before the rest is read
-        return error_response(STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.user_message)
-    if data is None:
+        found = await upload.until_image()
+    except TimeoutError:
+        return error_response(408, "timeout", UploadTimeout.default_message)
+    if not found:
         return error_response(400, "no_image", "Send the picture as a multipart form part named 'image'.")
-    top_n_text = fields.get("top_n", "")
+    top_n_text = upload.fields.get("top_n", "")
     top_n = ascii_int_in(top_n_text, 1, MAX_TOP_N) if top_n_text else None
     if top_n_text and top_n is None:
         return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
 
-    async def fetch() -> bytes:
-        return data
-
     full_size = request.query.get("full_size", "").lower() in ("1", "true", "yes")
     inv = invocation(
-        request, images=(IncomingImage(fetch, size=len(data), filename=filename),), full_size=full_size
+        request, images=(IncomingImage(upload.image, filename=upload.filename),), full_size=full_size
     )
     reply = (await layer.images(inv, explicit=True))[0]
     if reply.kind is not ReplyKind.RESULT or not reply.data:
         return reply_response(reply)
+    try:
+        await upload.rest()
+    except TimeoutError:
+        return error_response(408, "timeout", UploadTimeout.default_message)
+    top_n_text = top_n_text or upload.fields.get("top_n", "")  # a top_n sent after the image
+    top_n = ascii_int_in(top_n_text, 1, MAX_TOP_N) if top_n_text else None
+    if top_n_text and top_n is None:
+        return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
     result = reply.data["result"]
     if top_n:
         for head in result["heads"]:

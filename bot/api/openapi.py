@@ -228,6 +228,7 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                     "responses": {
                         "200": _json("the analysis", "Analysis"),
                         "400": _error("not an image, broken, unsupported format, or no image part"),
+                        "408": _error("the upload was too slow (each part within ANIBOT_API_READ_TIMEOUT_S)"),
                         "413": _error("the file is too large (refused before it is read)"),
                         "429": {
                             **_error("rate limited (see Retry-After) or a job of yours is still running"),

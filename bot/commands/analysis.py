@@ -33,27 +33,34 @@ BUSY = "I'm very busy right now and could not finish your picture in time. Pleas
 EXPIRED = "That answer has expired; post the picture again."
 
 
-async def _rate_limited(layer: CommandLayer, inv: Invocation, cost: int) -> Reply | None:
+async def _rate_limited(layer: CommandLayer, inv: Invocation, wanted: int) -> tuple[int, Reply | None]:
+    """How many of ``wanted`` pictures the user's and the chat's buckets allow (one token each, never capped at
+    the burst), and the refusal or the notice to send when that is fewer."""
     s = layer.settings
-    rules = (
-        (f"user:{inv.platform}:{inv.user_id}", BucketRule(s.rate_user_per_min, s.rate_user_burst), "you"),
-        (
-            f"chat:{inv.platform}:{inv.chat_id}",
-            BucketRule(s.rate_chat_per_min, s.rate_chat_burst),
-            "this chat",
-        ),
+    buckets = [
+        (f"user:{inv.platform}:{inv.user_id}", BucketRule(s.rate_user_per_min, s.rate_user_burst)),
+        (f"chat:{inv.platform}:{inv.chat_id}", BucketRule(s.rate_chat_per_min, s.rate_chat_burst)),
+    ]
+    grant = await layer.run_sync(layer.buckets.take_up_to, buckets, wanted)
+    if grant.granted >= wanted:
+        return wanted, None
+    who = ("you", "this chat")[max(0, grant.limiting)]
+    log.info(
+        "rate limited (%s, %d of %d, %s)",
+        ("user", "chat")[max(0, grant.limiting)],
+        grant.granted,
+        wanted,
+        inv.where(),
     )
-    for key, rule, who in rules:
-        decision = await layer.run_sync(layer.buckets.take, key, rule, cost)
-        if not decision.allowed:
-            log.info("rate limited (%s, %s)", key.split(":")[0], inv.where())
-            return Reply(
-                kind=ReplyKind.REFUSAL,
-                text=f"Slow down: too many pictures from {who}. Try again in {decision.retry_after_text}.",
-                code="rate_limited",
-                data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
-            )
-    return None
+    data = {"retry_after_s": max(1, math.ceil(grant.retry_after_s))}
+    if grant.granted == 0:
+        text = f"Slow down: too many pictures from {who}. Try again in {grant.retry_after_text}."
+        return 0, Reply(kind=ReplyKind.REFUSAL, text=text, code="rate_limited", data=data)
+    text = (
+        f"Slow down: too many pictures from {who}, so I answered the first {grant.granted} of {wanted}. "
+        f"Send the others again in {grant.retry_after_text}."
+    )
+    return grant.granted, Reply(kind=ReplyKind.REFUSAL, text=text, code="rate_limited", data=data)
 
 
 async def _over_byte_budget(layer: CommandLayer, inv: Invocation, n_bytes: int) -> Reply | None:
@@ -124,9 +131,10 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
     if not inv.images:
         return [refusal("Attach a picture to /identify, or reply to a picture with it.", "no_image")]
     images = inv.images[:limit]
-    limited = await _rate_limited(layer, inv, len(images))
-    if limited is not None:
+    granted, limited = await _rate_limited(layer, inv, len(images))
+    if limited is not None and not granted:
         return [limited]
+    images = images[:granted]
     slot = f"{inv.platform}:{inv.chat_id}:{inv.user_id}"
     owner = uuid.uuid4().hex
     if not await layer.run_sync(layer.active.acquire, slot, owner):
@@ -170,6 +178,8 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
         for (index, _), outcome in zip(jobs, waited, strict=True):
             replies[index] = await _answer(layer, inv, outcome)
         answered = [r for r in replies if r is not None]
+        if limited is not None:  # some of the pictures: say why the others were not answered
+            answered.append(limited)
         if len(inv.images) > limit:
             answered.append(
                 Reply(text=f"I answer at most {limit} pictures per message; the rest were skipped.")

@@ -36,6 +36,38 @@ redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
 return {allowed, tostring(wait)}
 """
 
+# KEYS: the buckets; ARGV[1] how many are wanted, then a refill rate (tokens/s) and a capacity per bucket. Grants
+# as many as every bucket holds (0 to wanted) and takes them from each, all at once; returns the grant, the wait
+# until one more could be granted, and the (1-based) bucket that limited the grant (0 when none did).
+_TOKEN_BUCKETS_UP_TO = """
+local want = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens, grant, limiting = {}, want, 0
+for i = 1, #KEYS do
+  local rate, capacity = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local have = tonumber(state[1]) or capacity
+  local ts = tonumber(state[2]) or now
+  have = math.min(capacity, have + math.max(0, now - ts) * rate)
+  tokens[i] = have
+  if math.floor(have) < grant then
+    grant = math.floor(have)
+    limiting = i
+  end
+end
+local wait = 0
+for i = 1, #KEYS do
+  local rate, capacity = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  if grant < want then
+    wait = math.max(wait, (grant + 1 - tokens[i]) / rate)
+  end
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i] - grant), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], math.ceil(capacity / rate) + 1)
+end
+return {grant, tostring(wait), limiting}
+"""
+
 # KEYS[1] the lock; ARGV[1] the owner token: delete only what we hold.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -66,6 +98,20 @@ class Decision:
         return f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} min"
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What :meth:`TokenBuckets.take_up_to` granted: ``granted`` items, and when fewer than wanted, the wait until
+    one more could be granted and the index of the bucket that limited the grant (-1 when none did)."""
+
+    granted: int
+    retry_after_s: float = 0.0
+    limiting: int = -1
+
+    @property
+    def retry_after_text(self) -> str:
+        return Decision(False, self.retry_after_s).retry_after_text
+
+
 class TokenBuckets:
     """Named token buckets in Redis (``client`` is a redis-py client)."""
 
@@ -74,13 +120,25 @@ class TokenBuckets:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._script = client.register_script(_TOKEN_BUCKET)
+        self._up_to = client.register_script(_TOKEN_BUCKETS_UP_TO)
 
     def take(self, key: str, rule: BucketRule, cost: int = 1) -> Decision:
-        """Take ``cost`` tokens from bucket ``key`` if it holds that many; a refused take costs nothing."""
-        if cost > rule.burst:  # could never be satisfied: ask for the bucket's worth instead
-            cost = rule.burst
+        """Take ``cost`` tokens from bucket ``key`` if it holds that many; a refused take costs nothing.
+
+        A cost above the bucket's size could never be paid: it is refused (never charged at the burst size)."""
+        if cost > rule.burst:
+            return Decision(False, float("inf"))
         allowed, wait = self._script(keys=[self.PREFIX + key], args=[rule.rate_per_s, rule.burst, cost])
         return Decision(bool(int(allowed)), float(wait))
+
+    def take_up_to(self, buckets: list[tuple[str, BucketRule]], wanted: int) -> Grant:
+        """As many of ``wanted`` as every bucket holds (each item costs one token in each bucket), taken from
+        all of them at once: ten pictures cost ten tokens, and a bucket with three answers three."""
+        args: list[float] = [wanted]
+        for _, rule in buckets:
+            args.extend((rule.rate_per_s, rule.burst))
+        granted, wait, limiting = self._up_to(keys=[self.PREFIX + key for key, _ in buckets], args=args)
+        return Grant(int(granted), float(wait), int(limiting) - 1)
 
 
 class ActiveJobs:
