@@ -35,6 +35,16 @@ def analysis_refs(result_blob: str, reply_blob: str, full_png_blob: str | None =
     return refs
 
 
+DATABASE_DOWN = "I could not reach my database in time, so your request was not finished. Please try again."
+
+
+def failure_of(exc: BaseException) -> JobError:
+    """What a user is told of a job that failed with ``exc`` (transient errors after their last retry included)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return JobError("busy", DATABASE_DOWN)
+    return JobError("internal", "Something went wrong.")
+
+
 def poison_message(attempts: int) -> str:
     return (
         f"This picture could not be analysed: the worker analysing it stopped on each of {attempts} attempts. "
@@ -47,9 +57,11 @@ class AnibotTask(OutageTolerantTask):
 
     autoretry_for = TRANSIENT_ERRORS
     max_retries = get_settings().task_max_retries
+    # 2, 4, 8 s: a database restarting (crash recovery included) has 14 s to come back; with jitter the three
+    # retries could all fall within a second and fail a job a restart had only delayed (seen in tests/test_faults)
     retry_backoff = 2
     retry_backoff_max = 60
-    retry_jitter = True
+    retry_jitter = False
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
@@ -58,7 +70,7 @@ class AnibotTask(OutageTolerantTask):
             jobs = runtime.service().jobs
             job = jobs.get(job_id) if job_id else None
             if job is not None and not job.status.finished:
-                jobs.update(job, status=JobStatus.FAILED, error=JobError("internal", "Something went wrong."))
+                jobs.update(job, status=JobStatus.FAILED, error=failure_of(exc))
         except Exception:  # the store itself may be what failed
             log.exception("could not record the failure of job %s", job_id)
 
