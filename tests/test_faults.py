@@ -389,3 +389,75 @@ def test_postgres_crash_between_an_analysis_and_its_heads_leaves_nothing_half_wr
     heads = len(client.fetch_analysis(finished).result.heads)
     assert heads > 0
     assert logged_rows(store) == {job.id: (heads, heads)}, log[-3000:]
+
+
+# --- a burst of API requests -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_a_burst_of_api_requests_from_one_and_from_twenty_callers(own_redis, model_env, start_worker):
+    """200 analyses from one caller, then 10 from each of 20 callers (own loopback addresses), all at once,
+    against the API served on loopback: every request is answered (200 or 429 with Retry-After, never an error
+    or a dropped connection), the per-caller and whole-API buckets hold, and a refused request stores nothing
+    (Redis holds one job per accepted request, and its memory stays within a few MB)."""
+    from aiohttp import web
+
+    from bot.api.app import build_app
+    from bot.layer import CommandLayer
+    from scripts.bench_faults import burst, limits_hold
+
+    env = {**model_env, "ANIBOT_REDIS_URL": own_redis.url()}
+    limits = {
+        "rate_user_burst": 3,
+        "rate_user_per_min": 6.0,
+        "rate_chat_burst": 10,
+        "rate_chat_per_min": 20.0,
+    }
+    settings = layer_settings(env, **limits)
+    worker = start_worker(env, queues="gpu")
+    wait_for_worker(settings, worker)
+    layer = CommandLayer.from_settings(settings)
+    pictures = [scene_png(7_500_000 + i) for i in range(4)]
+
+    async def main():  # type: ignore[no-untyped-def]
+        runner = web.AppRunner(build_app(settings, layer), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            one = await burst(url, lambda c, i: pictures[i % 2], callers=1, per_caller=200)
+            for key in own_redis_client.scan_iter(
+                "anibot:rate:*"
+            ):  # the second burst starts with full buckets
+                own_redis_client.delete(key)
+            many = await burst(url, lambda c, i: pictures[2 + c % 2], callers=20, per_caller=10)
+        finally:
+            await runner.cleanup()
+        return one, many
+
+    import redis
+
+    own_redis_client = redis.Redis.from_url(own_redis.url())
+    memory_before = own_redis.info_memory()["used_memory"]
+    one, many = asyncio.run(main())
+    memory = own_redis.info_memory()
+
+    for outcome, callers in ((one, 1), (many, 20)):
+        assert outcome.no_answer == [], outcome.no_answer[:5]
+        assert outcome.answered == 200
+        totals = outcome.status_totals()
+        assert set(totals) <= {200, 429}, (totals, outcome.codes)
+        assert outcome.missing_retry_after == 0
+        assert limits_hold(outcome, settings) == []
+        assert len(outcome.statuses) == callers  # each loopback address counted as its own caller
+        assert totals[200] >= 1
+    assert one.ok() <= 3 + 1  # the caller's bucket: 3 at once (+ what refills in the burst's seconds)
+    assert max(many.ok(c) for c in many.statuses) <= 3 + 1
+    assert many.ok() <= 10 + 2  # the whole API is one bucket of 10 (+ what refills)
+    assert set(one.codes) <= {"ok", "rate_limited", "job_running"} and set(many.codes) <= set(one.codes)
+    jobs = job_records(own_redis.url())
+    assert len(jobs) == one.ok() + many.ok()  # a refused request left no job behind
+    assert all(job.status is JobStatus.DONE for job in jobs)
+    assert memory["used_memory_peak"] - memory_before < 16 * 1024 * 1024, memory
