@@ -269,6 +269,22 @@ class Settings(BaseSettings):
         "it on loopback).",
     )
 
+    # --- tagging folders (core.tagging, `anibot tag`, POST /v1/tag) ----------------
+    tag_implications: Path | None = Field(
+        None,
+        description="Implied-tag list (`specific,implied` a line) that --drop-implied uses; empty = the list shipped "
+        "in core/tagging/data/implications.csv.",
+    )
+    tag_vocabulary: Path | None = Field(
+        None,
+        description="A WD14 selected_tags.csv (the Danbooru vocabulary) that scripts/derive_implications.py and "
+        "scripts/bench_tag.py read; never copied into the repository.",
+    )
+    tag_batch_size: int = Field(
+        8, ge=1, le=256, description="Pictures per tagger call (and per queued tag job)."
+    )
+    tag_max_images: int = Field(16, ge=1, le=256, description="Pictures one POST /v1/tag request may carry.")
+
     # --- recommendations (core.catalog) -------------------------------------------
     catalog_file: Path | None = Field(
         None,

@@ -58,6 +58,7 @@ RANKS = {
     "datasets": 3,
     "chat": 3,
     "catalog": 3,
+    "tagging": 3,
     "characters": 4,
     "evaluation": 5,
     "learning": 6,

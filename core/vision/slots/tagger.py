@@ -134,6 +134,9 @@ class Wd14Tagger:
         self._names = [t.name for t in self.tags]
         self._categories = np.array([t.category for t in self.tags])
         self._rating_idx = np.flatnonzero(self._categories == CATEGORY_RATING)
+        batch = shape[0]
+        # pictures per model call: a symbolic batch dimension takes any number, a fixed one that many
+        self.max_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, settings: Settings) -> Wd14Tagger:
@@ -152,6 +155,19 @@ class Wd14Tagger:
     def scores(self, image: Image.Image) -> np.ndarray:
         """The model's output for one image, in ``selected_tags.csv`` order."""
         return self._run(wd14_preprocess(image, self.input_size))[0]
+
+    def scores_batch(self, images: list[Image.Image], batch_size: int = 16) -> np.ndarray:
+        """``(len(images), n_tags)``: the model's output for several images, ``batch_size`` per model call (fewer
+        when the model's batch dimension is fixed); row ``i`` is what :meth:`scores` gives for ``images[i]`` up to
+        float rounding of the batched kernels."""
+        if not images:
+            return np.zeros((0, len(self.tags)), np.float32)
+        step = max(1, min(batch_size, self.max_batch or batch_size))
+        rows = []
+        for start in range(0, len(images), step):
+            chunk = [wd14_preprocess(image, self.input_size) for image in images[start : start + step]]
+            rows.append(self._run(np.concatenate(chunk, axis=0)))
+        return np.concatenate(rows, axis=0)
 
     def probabilities(self, image: Image.Image) -> dict[str, float]:
         return dict(zip(self._names, self.scores(image).tolist(), strict=True))
