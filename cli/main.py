@@ -23,6 +23,7 @@ from cli.characters_cmd import characters_app
 from cli.eval_cmd import eval_app
 from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
+from cli.tag_cmd import tag
 from core.logs import configure_logging
 from core.settings import get_settings
 from core.storage.jobs import Requester
@@ -43,6 +44,7 @@ for _catalog_command in (recommend, anime, search, fav):
     app.command()(_catalog_command)
 app.command()(bot)
 app.command()(api)
+app.command()(tag)
 console = Console(stderr=True)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 CSV_COLUMNS = [

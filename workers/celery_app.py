@@ -23,7 +23,14 @@ REMOVE_CHARACTER_TASK = "anibot.characters.remove"
 RETRAIN_TASK = "anibot.retrain"
 REINDEX_TASK = "anibot.gallery.reindex"
 APPLY_CORRECTIONS_TASK = "anibot.corrections.apply"
-TASK_MODULES = ("workers.tasks", "workers.admin_tasks", "workers.catalog_tasks", "workers.correction_tasks")
+TAG_TASK = "anibot.tag"
+TASK_MODULES = (
+    "workers.tasks",
+    "workers.admin_tasks",
+    "workers.catalog_tasks",
+    "workers.correction_tasks",
+    "workers.tag_tasks",
+)
 # every task's queue, by its registered name: senders and workers agree through this one table
 TASK_QUEUES = {
     ANALYZE_TASK: "gpu",
@@ -33,6 +40,7 @@ TASK_QUEUES = {
     RETRAIN_TASK: "train",
     REINDEX_TASK: "train",
     APPLY_CORRECTIONS_TASK: "train",
+    TAG_TASK: "gpu",
 }
 
 
