@@ -1,5 +1,5 @@
-"""The shared stores out of reach for a while (Redis or the database restarting): which errors say so, and the
-clear "busy, try again" the user gets instead of an error id. Nothing here crashes or waits for them."""
+"""The shared stores out of reach for a while (Redis or the database restarting, a Redis full at its memory
+limit): which errors say so, and the clear "busy, try again" the user gets instead of an error id."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from bot.replies import Reply, refusal
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # a Redis at maxmemory with noeviction refuses writes (docker-compose)
     kombu.exceptions.OperationalError,  # Celery could not reach the broker to send a task
     sqlalchemy.exc.OperationalError,
 )

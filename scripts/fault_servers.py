@@ -41,7 +41,9 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 class RedisServer:
-    def __init__(self, root: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, *, durable: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerMissing("redis-server is not installed (scripts/ensure_redis.sh installs it)")
@@ -49,6 +51,7 @@ class RedisServer:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.extra_args = extra_args  # e.g. ("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
         self.durable = durable  # False: nothing survives a restart (like scripts/ensure_redis.sh)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +62,7 @@ class RedisServer:
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root)]
         argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         argv += ["--save", "", "--protected-mode", "no"]
-        argv += ["--logfile", str(self.root / "redis.log")]
+        argv += ["--logfile", str(self.root / "redis.log"), *self.extra_args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -239,6 +239,41 @@ def test_redis_restarted_without_persistence_loses_queued_jobs_clearly(tmp_path,
     assert after[0].kind is ReplyKind.RESULT, (after, worker.output()[-3000:])
 
 
+@pytest.mark.timeout(60)
+def test_a_redis_full_at_its_memory_limit_is_answered_busy(tmp_path, model_env):
+    """A broker Redis at ``maxmemory`` with ``noeviction`` (as docker-compose runs it) refuses writes: the bot
+    answers "busy" at once instead of an error id, and serves again once memory is freed."""
+    import redis
+
+    try:
+        server = RedisServer(
+            tmp_path / "redis",
+            durable=False,
+            extra_args=("--maxmemory", "3mb", "--maxmemory-policy", "noeviction"),
+        )
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url())
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(100):
+                client.set(f"filler:{i}", b"x" * 100_000)
+        from bot.layer import CommandLayer
+
+        layer = CommandLayer.from_settings(layer_settings({**model_env, "ANIBOT_REDIS_URL": server.url()}))
+        started = time.monotonic()
+        full = asyncio.run(layer.images(invocation(picture(scene_png(7_360_001))), explicit=True))
+        assert time.monotonic() - started < 10
+        assert [(r.kind, r.code) for r in full] == [(ReplyKind.REFUSAL, "busy")], full
+        client.delete(*client.keys("filler:*"))
+        # memory back: the picture is taken again (no worker runs here, so it is queued, then "unavailable")
+        freed = asyncio.run(layer.images(invocation(picture(scene_png(7_360_001))), explicit=True))
+        assert [(r.kind, r.code) for r in freed] == [(ReplyKind.REFUSAL, "unavailable")], freed
+    finally:
+        server.stop()
+
+
 # --- PostgreSQL restarted under load ---------------------------------------------------------------------
 
 
