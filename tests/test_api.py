@@ -461,3 +461,96 @@ def test_limits_are_checked_before_the_upload_is_read(bot_stack):
         await expect_error(refused, 400, "bad_request", "/v1/analyze", "post")
 
     with_client(bot_stack, test, api_token=token, api_read_timeout_s=1.0)
+
+
+# --- POST /v1/tag: a batch of pictures captioned as `anibot tag` does ------------------------------------------
+
+
+def tag_form(pictures: list[tuple[str, bytes]], **fields: str) -> aiohttp.FormData:
+    body = aiohttp.FormData()
+    for name, data in pictures:
+        body.add_field("image", data, filename=name, content_type="image/png")
+    for name, value in fields.items():
+        body.add_field(name, value)
+    return body
+
+
+def test_tag_route_captions_a_batch_as_the_command_does(bot_stack):
+    from core.settings import Settings
+    from core.tagging.captions import CaptionOptions, caption_text, select_tags
+    from core.tagging.implications import Implications
+    from core.tagging.runner import tag_blobs
+    from core.vision.slots.registry import active_manifest, load_slot
+
+    settings = Settings(models_dir=bot_stack.settings().models_dir)
+    tagger = load_slot(active_manifest(settings.models_dir, "tagger"), settings)
+    pictures = [
+        ("a.png", scene_png(5_600_001)),
+        ("broken.png", b"not a picture"),
+        ("b.png", scene_png(5_600_002)),
+    ]
+    options = CaptionOptions(max_tags=6, underscores="keep", exclude=("solo",), rating=False, general=0.3)
+    expected = [
+        caption_text(select_tags(scores, options, Implications.load()), options)
+        for scores in tag_blobs(
+            tagger, [pictures[0][1], pictures[2][1]], options.floor, max_bytes=10**8, max_pixels=10**8
+        )
+    ]
+
+    async def test(client: TestClient, layer: Any) -> None:
+        fields = {
+            "max_tags": "6",
+            "underscores": "keep",
+            "exclude": "solo",
+            "rating": "false",
+            "general": "0.3",
+        }
+        response = await client.post("/v1/tag", data=tag_form(pictures, **fields))
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        validate(body, "/v1/tag", "post", 200)
+        assert body["model"] == tagger.version and body["job_id"]
+        first, broken, second = body["pictures"]
+        assert [first["caption"], second["caption"]] == expected
+        assert first["filename"] == "a.png" and first["sha256"] == hashlib.sha256(pictures[0][1]).hexdigest()
+        assert (
+            len(first["tags"]) <= 6 and "solo" not in first["caption"].split(", ") and first["rating"] is None
+        )
+        assert broken["error"]["code"] == "not_an_image" and "caption" not in broken
+
+    with_client(bot_stack, test)
+
+
+def test_tag_route_limits(bot_stack):
+    token = uuid.uuid4().hex  # a bucket of its own
+
+    async def test(client: TestClient, layer: Any) -> None:
+        client.session.headers["Authorization"] = f"Bearer {token}"
+        picture = ("a.png", scene_png(5_600_003))
+        too_many = await client.post("/v1/tag", data=tag_form([picture] * 3))
+        await expect_error(too_many, 400, "too_many_images", "/v1/tag", "post")
+        bad = await client.post("/v1/tag", data=tag_form([picture], general="2"))
+        assert (
+            "general" in (await expect_error(bad, 400, "bad_request", "/v1/tag", "post"))["error"]["message"]
+        )
+        unknown = await client.post("/v1/tag", data=tag_form([picture], thresh="0.5"))
+        await expect_error(unknown, 400, "bad_request", "/v1/tag", "post")
+        none = await client.post("/v1/tag", data=tag_form([], general="0.5"))
+        await expect_error(none, 400, "no_image", "/v1/tag", "post")
+        big = await client.post(
+            "/v1/tag", data=tag_form([("big.png", b"\x89PNG" + b"0" * (SMALL_LIMIT + 10))])
+        )
+        await expect_error(big, 413, "too_large", "/v1/tag", "post")
+        limited = await client.post("/v1/tag", data=tag_form([picture]))
+        body = await expect_error(limited, 429, "rate_limited", "/v1/tag", "post")
+        assert int(limited.headers["Retry-After"]) == body["error"]["retry_after_s"] >= 1
+
+    with_client(
+        bot_stack,
+        test,
+        tag_max_images=2,
+        max_image_bytes=SMALL_LIMIT,
+        rate_user_burst=5,
+        rate_user_per_min=0.5,
+        api_token=token,
+    )

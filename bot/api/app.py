@@ -12,21 +12,27 @@ import hmac
 import html
 import json
 import logging
+import math
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from bot.api import tagging
 from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
 from bot.commands.catalog import PAGE as RECOMMEND_PAGE
 from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
 from bot.numbers import ascii_int_in
 from bot.replies import Reply, ReplyKind
+from bot.waiting import WaitOutcome
+from core.chat.ratelimit import BucketRule
 from core.chat.store import ChatKind
 from core.settings import Settings
 from core.storage.jobs import Job, JobStatus
 from core.vision.intake import IntakeError, too_many_bytes
+from workers.celery_app import TAG_TASK, TASK_QUEUES
 
 log = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("bot.api.access")  # never headers: the bearer token stays out of the logs
@@ -265,6 +271,78 @@ async def analyze(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def tag(request: web.Request) -> web.Response:
+    """A batch of pictures tagged by a worker as one job; captions with ``anibot tag``'s options (bot.api.tagging).
+
+    The caller's limits first (one token of the user's bucket a request, one job at a time), then the form is
+    read, bounded; a picture that is no picture gets its error in its place and is never stored."""
+    layer = request.app[LAYER]
+    settings = layer.settings
+    budget = settings.tag_max_images * (settings.max_image_bytes + MULTIPART_SLACK)
+    if request.content_length is not None and request.content_length > budget:
+        exc = too_many_bytes(request.content_length, budget)
+        return error_response(413, exc.code, exc.user_message)
+    inv = invocation(request)
+    rule = BucketRule(settings.rate_user_per_min, settings.rate_user_burst)
+    decision = await layer.run_sync(layer.buckets.take, f"user:{inv.platform}:{inv.user_id}", rule)
+    if not decision.allowed:
+        retry = max(1, math.ceil(decision.retry_after_s))
+        response = error_response(
+            429, "rate_limited", f"Slow down: try again in {decision.retry_after_text}.", retry_after_s=retry
+        )
+        response.headers["Retry-After"] = str(retry)
+        return response
+    slot, owner = f"api:tag:{inv.user_id}", uuid.uuid4().hex
+    if not await layer.run_sync(layer.active.acquire, slot, owner):
+        response = error_response(429, "job_running", "A tagging request of yours is still running.")
+        response.headers["Retry-After"] = "5"
+        return response
+    try:
+        try:
+            form = await tagging.read_form(request, settings)
+            options = tagging.parse_options(form.fields)
+        except TimeoutError:
+            return error_response(408, "timeout", UploadTimeout.default_message)
+        except tagging.BadForm as exc:
+            return error_response(exc.status, exc.code, str(exc))
+        except IntakeError as exc:  # a part over the size limit: refused as it arrives
+            return error_response(STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.user_message)
+        refusals = tagging.checked(form.pictures, settings)
+        good = [data for (_, data), refused in zip(form.pictures, refusals, strict=True) if refused is None]
+        body, job_id = None, ""
+        if good:
+            job = await layer.run_sync(
+                layer.client.submit_task,
+                TAG_TASK,
+                "tag",
+                requester=inv.requester,
+                params={"floor": options.floor},
+                images=good,
+            )
+            job_id = job.id
+            waited = await layer.waiter.wait(job, TASK_QUEUES[TAG_TASK])
+            if waited.outcome is WaitOutcome.UNAVAILABLE:
+                return error_response(503, "unavailable", "No worker is running; try again later.")
+            if waited.outcome is WaitOutcome.BUSY:
+                return error_response(
+                    503, "busy", "Too busy to tag these in time; try again later.", job_id=job.id
+                )
+            if waited.job.status is JobStatus.FAILED:
+                error = waited.job.error
+                code = error.code if error else "internal"
+                return error_response(
+                    STATUS_OF_CODE.get(code, 500), code, error.message if error else "Failed."
+                )
+            body = await layer.run_sync(layer.client.result_json, waited.job)
+        implied = tagging.implications(settings.tag_implications) if options.drop_implied else None
+        log.info(
+            "tagged %d pictures (%d refused) for %s", len(good), len(form.pictures) - len(good), inv.where()
+        )
+        return web.json_response(tagging.answer_body(job_id, form.pictures, refusals, body, options, implied))
+    finally:
+        await layer.run_sync(layer.active.release, slot, owner)
+
+
 async def _job(request: web.Request) -> tuple[CommandLayer, Job]:
     """The job named in the path; only jobs asked for through the API (a chat's jobs stay the chat's)."""
     layer = request.app[LAYER]
@@ -421,6 +499,7 @@ async def docs(request: web.Request) -> web.Response:
 
 ROUTES = [
     web.post("/v1/analyze", analyze),
+    web.post("/v1/tag", tag),
     web.get("/v1/jobs/{job_id}", job_status),
     web.get("/v1/jobs/{job_id}/annotated.jpg", job_annotated),
     web.get("/v1/jobs/{job_id}/annotated.png", job_annotated_png),

@@ -6,6 +6,7 @@ from typing import Any
 
 MAX_TOP_N = 50
 MAX_RECOMMEND = 25
+MAX_TAGS = 500  # max_tags of POST /v1/tag
 
 ERROR = {
     "type": "object",
@@ -114,6 +115,43 @@ CATALOG_ANSWER = {
         "message": {"type": "string"},
     },
 }
+TAGGED_PICTURE = {
+    "type": "object",
+    "required": ["filename", "sha256"],
+    "description": "one picture, in the order sent: its caption and tags, or its error",
+    "properties": {
+        "filename": {"type": "string"},
+        "sha256": {"type": "string"},
+        "caption": {"type": "string", "examples": ["general, 1girl, solo, very long hair, ^_^"]},
+        "rating": {"type": ["string", "null"]},
+        "tags": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "score", "category"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "score": {"type": "number"},
+                    "category": {"type": "string", "enum": ["general", "character", "rating"]},
+                },
+            },
+        },
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+TAG_ANSWER = {
+    "type": "object",
+    "required": ["job_id", "model", "pictures"],
+    "properties": {
+        "job_id": {"type": "string", "description": "empty when no picture could be sent"},
+        "model": {"type": ["string", "null"], "description": "the tagger's version"},
+        "pictures": {"type": "array", "items": {"$ref": "#/components/schemas/TaggedPicture"}},
+    },
+}
 HEALTH = {
     "type": "object",
     "required": ["redis", "workers", "healthy"],
@@ -187,6 +225,8 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                 "Job": JOB,
                 "CatalogAnswer": CATALOG_ANSWER,
                 "Health": HEALTH,
+                "TaggedPicture": TAGGED_PICTURE,
+                "TagAnswer": TAG_ANSWER,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -235,6 +275,54 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                             "headers": RETRY_AFTER,
                         },
                         "503": _error("no worker running, or too busy"),
+                    },
+                }
+            },
+            "/v1/tag": {
+                "post": {
+                    "summary": "Tag a batch of pictures as `anibot tag` does: a caption and scored tags each",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {
+                                            "type": "array",
+                                            "items": {"type": "string", "format": "binary"},
+                                            "description": "one part per picture, at most ANIBOT_TAG_MAX_IMAGES",
+                                        },
+                                        "general": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "character": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "rating": {"type": "boolean"},
+                                        "exclude": {
+                                            "type": "string",
+                                            "description": "comma list; * patterns",
+                                        },
+                                        "include_first": {"type": "string", "description": "comma list"},
+                                        "max_tags": {"type": "integer", "minimum": 1, "maximum": MAX_TAGS},
+                                        "underscores": {"type": "string", "enum": ["keep", "spaces"]},
+                                        "keep_kaomoji": {"type": "boolean"},
+                                        "drop_implied": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("each picture's caption and tags (or its error)", "TagAnswer"),
+                        "400": _error("no image part, too many pictures, or a bad option"),
+                        "408": _error("the upload was too slow (within ANIBOT_API_READ_TIMEOUT_S)"),
+                        "413": _error("a picture, or the whole request, is too large"),
+                        "429": {
+                            **_error(
+                                "rate limited (see Retry-After) or a tagging request of yours still runs"
+                            ),
+                            "headers": RETRY_AFTER,
+                        },
+                        "503": _error("no worker running, no tagger installed, or too busy"),
                     },
                 }
             },
