@@ -150,8 +150,14 @@ class Settings(BaseSettings):
     corrections_auto_accept: int = Field(
         0,
         ge=0,
-        description="Accept a correction once this many different users gave the same name for the same head "
-        "(0 = only an admin's /review accepts).",
+        description="Accept a correction once this many different people of one platform gave the same name for "
+        "the same head, and only when it names a character the gallery knows (0 = only an admin's /review "
+        "accepts; at least 2 otherwise).",
+    )
+    corrections_auto_accept_per_day: int = Field(
+        20,
+        ge=1,
+        description="Corrections of one person accepted without an admin per day; past it, they wait for /review.",
     )
     correction_keep_s: int = Field(
         30 * 24 * 3600, ge=3600, description="How long a corrected picture is kept for review (in Redis)."
@@ -336,6 +342,16 @@ class Settings(BaseSettings):
     test_crash_at: str = Field(
         "", description="Testing only: a fault point (e.g. 'gallery.switch') where the process kills itself."
     )
+
+    @field_validator("corrections_auto_accept")
+    @classmethod
+    def _never_one_person(cls, n: int) -> int:
+        if n == 1:
+            raise ValueError(
+                "ANIBOT_CORRECTIONS_AUTO_ACCEPT must be 0 (admins only) or at least 2: one person alone "
+                "never accepts a correction"
+            )
+        return n
 
     @field_validator("discord_token", "telegram_token", "api_token", "hf_token", mode="before")
     @classmethod

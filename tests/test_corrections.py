@@ -69,18 +69,25 @@ def test_a_correction_waits_for_an_admin_by_default(chats):
     assert stored.box == BOX and stored.id is not None and stored.reviewer is None
 
 
-def test_auto_accept_needs_n_different_users_case_insensitively(chats):
-    desk = Corrections(chats, auto_accept=3)
+KNOWN = lambda: [("Rem", "Re:Zero"), ("Ram", "Re:Zero")]  # noqa: E731  (the gallery's characters)
+
+
+def test_auto_accept_needs_n_people_of_one_platform_case_insensitively(chats):
+    desk = Corrections(chats, auto_accept=3, characters=KNOWN)
     assert desk.record(given("Rem", "u1")).accepted == ()
     again = desk.record(given("rem", "u1"))  # the same user twice counts once
     assert again.agreeing == 1 and again.accepted == ()
     assert desk.record(given("Ram", "u2")).agreeing == 1  # another name does not agree
     assert desk.record(given("Rem", "u2", head=2)).agreeing == 1  # another head does not agree
     assert desk.record(given("Rem", "u2", sha=SHA_B)).agreeing == 1  # another picture does not agree
-    assert desk.record(given("Rem", "u1", platform="discord")).agreeing == 2  # the id on another platform
+    # a Discord and a Telegram account may be one person: users of other platforms never add up
+    assert desk.record(given("Rem", "u1", platform="discord")).accepted == ()
+    across = desk.record(given("Rem", "u9", platform="telegram"))
+    assert across.agreeing == 3 and across.accepted == () and across.waits_because == "not_enough_people"
+    assert desk.record(given("Rem", "u2")).accepted == ()  # two people on "test"
     third = desk.record(given("REM", "u3"))
     assert third.agreeing == 3
-    assert len(third.accepted) == 4  # every pending "rem" of that head
+    assert len(third.accepted) == 6  # every pending "rem" of that head, whichever platform gave it
     assert third.correction.status == CorrectionStatus.APPROVED
     approved = chats.corrections(status=CorrectionStatus.APPROVED)
     assert {c.name.casefold() for c in approved} == {"rem"}
@@ -91,13 +98,55 @@ def test_auto_accept_needs_n_different_users_case_insensitively(chats):
     assert later.correction.status == CorrectionStatus.APPROVED
 
 
+def test_a_new_name_always_waits_for_an_admin(chats):
+    for characters in (KNOWN, None):
+        desk = Corrections(chats, auto_accept=2, characters=characters)
+        for user in ("u1", "u2", "u3"):
+            recorded = desk.record(given("Subaru", user, sha=SHA_B))
+            assert recorded.accepted == () and recorded.correction.status == CorrectionStatus.PENDING
+        assert recorded.waits_because == "new_character"
+    desk = Corrections(chats, auto_accept=2, characters=KNOWN)
+    for user in ("u1", "u2"):  # a known name in another series is another character: new
+        recorded = desk.record(given("Rem", user, head=3, series="Another Series"))
+    assert recorded.accepted == () and recorded.waits_because == "new_character"
+    for user in ("u1", "u2"):  # the known one, its series left out
+        recorded = desk.record(given("ram", user, head=4))
+    assert len(recorded.accepted) == 2
+
+
+def test_auto_accept_is_limited_per_person_per_day(chats):
+    desk = Corrections(chats, auto_accept=2, per_user_per_day=2, characters=KNOWN)
+    for head in (1, 2):
+        desk.record(given("Rem", "u1", head=head))
+        assert len(desk.record(given("Rem", "u2", head=head)).accepted) == 2
+    assert desk.auto_accepted_today("test", "u1") == 2
+    desk.record(given("Rem", "u1", head=3))
+    over = desk.record(given("Rem", "u2", head=3))  # both past their limit: they no longer count
+    assert over.accepted == () and over.waits_because == "not_enough_people"
+    desk.record(given("Rem", "u3", head=3))  # u3 alone counts: still one person
+    assert chats.corrections(head=3, status=CorrectionStatus.PENDING)
+    assert len(desk.record(given("Rem", "u4", head=3)).accepted) == 4
+
+
+def test_one_person_never_auto_accepts():
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValueError, match="at least 2"):
+        Corrections(ChatStore(Store("sqlite://")), auto_accept=1)
+    with pytest.raises(ValidationError, match="at least 2"):
+        Settings(_env_file=None, corrections_auto_accept=1)
+
+
 def test_rejected_corrections_do_not_count(chats):
-    desk = Corrections(chats, auto_accept=2)
+    desk = Corrections(chats, auto_accept=2, characters=KNOWN)
     first = desk.record(given("Rem", "u1")).correction
     assert first.id is not None
     assert desk.reject(first.id, "test:admin") is not None
     recorded = desk.record(given("Rem", "u2"))
     assert recorded.agreeing == 1 and recorded.accepted == ()
+    assert desk.record(given("Rem", "u3")).accepted  # two standing people now
 
 
 def test_review_moves_a_pending_correction_once(chats):
@@ -319,11 +368,16 @@ def test_agreeing_users_accept_a_correction_without_an_admin(bot_stack):
     layer = bot_stack.layer(corrections_auto_accept=2)
     data = _scene_bytes(7_700_003)
     result = _analyse(layer, data)
-    first = _correct(layer, result, "Agreed Testname")
+    new = [_correct(layer, result, "Agreed Newname", user=f"new-{i}") for i in range(3)]
+    assert all("review" in r.text and r.data["status"] == "pending" for r in new)  # a new name: an admin's
+    shown = result.data["result"]["heads"][0]["name"]
+    known = next(c for c in layer.store.list_characters() if c.n_references and c.name != shown)
+    first = _correct(layer, result, known.name)
     assert "review" in first.text and first.data["status"] == "pending"
-    second = _correct(layer, result, "agreed testname")
+    second = _correct(layer, result, known.name.upper())
     assert "accepted" in second.text and second.data["status"] == "approved"
     ids = (first.data["correction_id"], second.data["correction_id"])
     assert wait_for(lambda: all(layer.chats.correction(i).status == "applied" for i in ids), 60, 0.5)
+    assert all(layer.chats.correction(r.data["correction_id"]).status == "pending" for r in new)
     again = _analyse(layer, data)
-    assert again.data["result"]["heads"][0]["name"].casefold() == "agreed testname"
+    assert again.data["result"]["heads"][0]["name"] == known.name

@@ -28,7 +28,17 @@ NOTHING_WAITING = "No corrections waiting."
 
 
 def corrections_of(layer: CommandLayer) -> Corrections:
-    return Corrections(layer.chats, auto_accept=layer.settings.corrections_auto_accept)
+    """The review rules; auto-accepting checks the names against the characters the store knows."""
+
+    def characters() -> list[tuple[str, str]]:
+        return [(c.name, c.series) for c in layer.store.list_characters() if c.n_references > 0]
+
+    return Corrections(
+        layer.chats,
+        auto_accept=layer.settings.corrections_auto_accept,
+        per_user_per_day=layer.settings.corrections_auto_accept_per_day,
+        characters=characters,
+    )
 
 
 async def queue_apply(layer: CommandLayer, inv: Invocation) -> Job:

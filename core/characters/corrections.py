@@ -1,10 +1,15 @@
 """Users' corrections of wrong names, from "Wrong? Tell me who" to a gallery reference.
 
-A correction names one head of one picture. It waits (``pending``) until an admin approves it in /review, or
-until ``corrections_auto_accept`` different users gave the same name (case-insensitively) for the same head of
-the same picture. Approved corrections are applied by the ``anibot.corrections.apply`` task: the head is cut out
-of the kept picture and taught as a reference of the named character. A correction whose picture expired before
-that ends ``expired`` with its reason, never silently dropped.
+A correction names one head of one picture. It waits (``pending``) until an admin approves it in /review, or,
+with ``corrections_auto_accept`` = N (at least 2), until N different people of one platform gave the same name
+(case-insensitively) for the same head of the same picture. Auto-accepting only ever adds references to a
+character the gallery already knows: a new name always waits for an admin. People count on one platform at a
+time (a Discord and a Telegram account may be one person), and each person's auto-accepted corrections are
+limited per day (``corrections_auto_accept_per_day``): past it, that person no longer counts.
+
+Approved corrections are applied by the ``anibot.corrections.apply`` task: the head is cut out of the kept
+picture and taught as a reference of the named character. A correction whose picture expired before that ends
+``expired`` with its reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from PIL import Image
@@ -25,6 +32,8 @@ from core.vision.results import Box as ResultBox
 log = logging.getLogger(__name__)
 
 AUTO_REVIEWER = "auto"  # the reviewer of a correction accepted because enough users agreed
+MIN_AUTO_ACCEPT = 2  # agreeing people auto-accept needs at the least (one person alone never does)
+AUTO_ACCEPT_WINDOW = timedelta(days=1)  # the per-person limit of auto-accepted corrections counts over this
 EXPIRED_REASON = "the picture expired before the correction was applied"
 # corrections that still count as a user's say (a rejected one does not)
 _STANDING = (CorrectionStatus.PENDING, CorrectionStatus.APPROVED, CorrectionStatus.APPLIED)
@@ -51,6 +60,14 @@ def head_crop_png(image: Image.Image, box: Box, *, max_side: int = 512) -> bytes
     return buffer.getvalue()
 
 
+def is_known(characters: Iterable[tuple[str, str]], name: str, series: str) -> bool:
+    """Whether ``name`` (and ``series``, when given) is a character the gallery has, case-insensitively, as
+    :meth:`core.characters.teaching.Teacher.resolve` would find it."""
+    folded, series_folded = name.casefold(), series.casefold()
+    same = [s.casefold() for n, s in characters if n.casefold() == folded]
+    return series_folded in same if series else bool(same)
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What became of a correction a user just gave."""
@@ -58,6 +75,7 @@ class Recorded:
     correction: Correction
     agreeing: int  # different users (this one included) who gave this name for this head
     accepted: tuple[int, ...] = ()  # ids approved just now because enough users agreed
+    waits_because: str = ""  # why enough agreeing users did not accept it (a new name, say)
 
 
 @dataclass(frozen=True)
@@ -110,9 +128,23 @@ class ApplyReport:
 class Corrections:
     """The review rules over the corrections kept in a :class:`ChatStore`."""
 
-    def __init__(self, chats: ChatStore, *, auto_accept: int = 0) -> None:
+    def __init__(
+        self,
+        chats: ChatStore,
+        *,
+        auto_accept: int = 0,
+        per_user_per_day: int = 20,
+        characters: Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> None:
+        if auto_accept and auto_accept < MIN_AUTO_ACCEPT:
+            raise ValueError(f"auto-accept needs at least {MIN_AUTO_ACCEPT} agreeing people (or 0 for never)")
         self.chats = chats
-        self.auto_accept = auto_accept  # N > 0: N different users agreeing accept a correction
+        self.auto_accept = (
+            auto_accept  # N > 0: N different people of one platform agreeing accept a correction
+        )
+        self.per_user_per_day = per_user_per_day
+        # the (name, series) of every character the gallery knows; None: nothing is auto-accepted
+        self.characters = characters
 
     # --- giving and agreeing -----------------------------------------------------------------------------
 
@@ -126,33 +158,62 @@ class Corrections:
         """Different users who gave this name for this head (one user saying it twice counts once)."""
         return len({c.user_key for c in self._agreeing(correction)})
 
+    def auto_accepted_today(self, platform: str, user_id: str) -> int:
+        """Corrections of this person accepted without an admin in the last day."""
+        since = datetime.now(UTC) - AUTO_ACCEPT_WINDOW
+        return len(
+            self.chats.corrections(
+                platform=platform, user_id=user_id, reviewer=AUTO_REVIEWER, reviewed_since=since
+            )
+        )
+
+    def counting_people(self, agreeing: Sequence[Correction]) -> int:
+        """The most agreeing people on any one platform, leaving out those past their daily limit."""
+        people = {(c.platform, c.user_id) for c in agreeing}
+        within = [p for p in people if self.auto_accepted_today(*p) < self.per_user_per_day]
+        return max(Counter(platform for platform, _ in within).values(), default=0)
+
     def record(self, correction: Correction) -> Recorded:
-        """Keep a user's correction; with enough agreeing users, accept them all (the caller queues the apply
-        job when ``accepted`` is not empty)."""
+        """Keep a user's correction; with enough agreeing people on one platform and a character the gallery
+        knows, accept them all (the caller queues the apply job when ``accepted`` is not empty)."""
         correction_id = self.chats.add_correction(correction)
         stored = self.chats.correction(correction_id)
         assert stored is not None
         agreeing = self._agreeing(stored)
         users = len({c.user_key for c in agreeing})
-        accepted: list[int] = []
-        if self.auto_accept > 0 and users >= self.auto_accept:
-            pending = [c.id for c in agreeing if c.status == CorrectionStatus.PENDING and c.id is not None]
-            accepted = self.chats.set_correction_status(
-                pending,
-                CorrectionStatus.APPROVED,
-                expected=CorrectionStatus.PENDING,
-                reviewer=AUTO_REVIEWER,
-                reason=f"{users} users agreed",
-            )
+        if self.auto_accept <= 0 or users < self.auto_accept:
+            return Recorded(stored, users)
+        if self.characters is None or not is_known(self.characters(), stored.name, stored.series):
             log.info(
-                "corrections %s accepted: %d users agree on head %d of %s",
-                accepted,
-                users,
-                stored.head,
-                stored.image_sha256[:12],
+                "correction %d names a new character (%s): it waits for an admin", correction_id, stored.label
             )
-            stored = self.chats.correction(correction_id) or stored
-        return Recorded(stored, users, tuple(accepted))
+            return Recorded(stored, users, waits_because="new_character")
+        people = self.counting_people(agreeing)
+        if people < self.auto_accept:
+            log.info(
+                "correction %d: %d users agree but only %d count (one platform, within the daily limit)",
+                correction_id,
+                users,
+                people,
+            )
+            return Recorded(stored, users, waits_because="not_enough_people")
+        pending = [c.id for c in agreeing if c.status == CorrectionStatus.PENDING and c.id is not None]
+        accepted = self.chats.set_correction_status(
+            pending,
+            CorrectionStatus.APPROVED,
+            expected=CorrectionStatus.PENDING,
+            reviewer=AUTO_REVIEWER,
+            reason=f"{people} users agreed",
+        )
+        log.info(
+            "corrections %s accepted: %d users agree on head %d of %s",
+            accepted,
+            people,
+            stored.head,
+            stored.image_sha256[:12],
+        )
+        stored = self.chats.correction(correction_id) or stored
+        return Recorded(stored, people, tuple(accepted))
 
     # --- review ------------------------------------------------------------------------------------------
 

@@ -210,11 +210,23 @@ class ChatStore:
         status: str | None = None,
         image_sha256: str | None = None,
         head: int | None = None,
+        platform: str | None = None,
+        user_id: str | None = None,
+        reviewer: str | None = None,
+        reviewed_since: datetime | None = None,
         after_id: int = 0,
         limit: int | None = None,
     ) -> list[Correction]:
         """Corrections matching every filter given, oldest first."""
         stmt = select(CorrectionRow).where(CorrectionRow.id > after_id).order_by(CorrectionRow.id)
+        if platform is not None:
+            stmt = stmt.where(CorrectionRow.platform == platform)
+        if user_id is not None:
+            stmt = stmt.where(CorrectionRow.user_id == user_id)
+        if reviewer is not None:
+            stmt = stmt.where(CorrectionRow.reviewer == reviewer)
+        if reviewed_since is not None:
+            stmt = stmt.where(CorrectionRow.reviewed_at >= reviewed_since)
         if job_id is not None:
             stmt = stmt.where(CorrectionRow.job_id == job_id)
         if status is not None:
