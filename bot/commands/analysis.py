@@ -131,17 +131,19 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
     if not inv.images:
         return [refusal("Attach a picture to /identify, or reply to a picture with it.", "no_image")]
     images = inv.images[:limit]
-    granted, limited = await _rate_limited(layer, inv, len(images))
-    if limited is not None and not granted:
-        return [limited]
-    images = images[:granted]
     slot = f"{inv.platform}:{inv.chat_id}:{inv.user_id}"
     owner = uuid.uuid4().hex
+    # the one-analysis lock before the rate limit: a request refused as "job_running" spends no tokens (it did,
+    # and a burst of them used up the whole chat's bucket: tests/test_faults.py)
     if not await layer.run_sync(layer.active.acquire, slot, owner):
         return [
             refusal("I'm still working on your previous picture here; I'll answer it first.", "job_running")
         ]
     try:
+        granted, limited = await _rate_limited(layer, inv, len(images))
+        if limited is not None and not granted:
+            return [limited]
+        images = images[:granted]
         replies: list[Reply | None] = [None] * len(images)
         jobs: list[tuple[int, Job]] = []
         chat = await layer.chat_settings(inv)
