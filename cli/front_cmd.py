@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from cli.extras import exit_for_missing_extra
 from core.logs import configure_logging
 from core.settings import get_settings
 
 console = Console(stderr=True)
+log = logging.getLogger("anibot.front")
 
 
 class Platform(StrEnum):
@@ -33,9 +36,26 @@ TOKENS = {
 
 
 def _run(front_end: str) -> None:
+    """Start ``front_end``; a failure to start (a refused token, a bad base URL, a port in use) is logged through
+    the redacting formatter, so no token reaches the terminal, and the process exits 1."""
     settings = get_settings()
     configure_logging(settings)
-    importlib.import_module(FRONT_ENDS[front_end]).run(settings)
+    command = "api" if front_end == "api" else f"bot {front_end}"
+    try:
+        module = importlib.import_module(FRONT_ENDS[front_end])
+    except ImportError as exc:
+        exit_for_missing_extra(exc, command)
+        raise
+    try:
+        module.run(settings)
+    except (KeyboardInterrupt, SystemExit, typer.Exit):
+        raise
+    except ImportError as exc:
+        exit_for_missing_extra(exc, command)
+        raise
+    except Exception as exc:
+        log.critical("anibot %s stopped: %s: %s", command, type(exc).__name__, exc, exc_info=True)
+        raise typer.Exit(1) from None
 
 
 def bot(platform: Annotated[Platform, typer.Argument(help="discord or telegram")]) -> None:

@@ -21,6 +21,7 @@ from rich.table import Table
 from cli.catalog_cmd import anime, catalog_app, fav, recommend, search
 from cli.characters_cmd import characters_app
 from cli.eval_cmd import eval_app
+from cli.extras import ExtrasAwareGroup
 from cli.front_cmd import api, bot
 from cli.models_cmd import models_app
 from cli.tag_cmd import tag
@@ -31,6 +32,7 @@ from core.vision.intake import IntakeError, read_image_file
 from core.vision.results import UNKNOWN, AnalysisResult, Box
 
 app = typer.Typer(
+    cls=ExtrasAwareGroup,  # a missing extra (``.[bot]``, ``.[worker]``) is said in one line, for every command
     help="anibot: find, identify, tag and caption anime characters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+from types import TracebackType
 
 from pydantic import SecretStr
 
@@ -46,6 +48,24 @@ def secrets_of(settings: Settings) -> list[str]:
     return [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
 
 
+def install_excepthook() -> None:
+    """Uncaught exceptions, in the main thread and in others, go through the logging handlers (and so through
+    :class:`RedactingFormatter`) instead of Python's default printing, which would show a token a message quotes."""
+
+    def log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        logging.getLogger("anibot").critical("uncaught %s", kind.__name__, exc_info=(kind, value, tb))
+
+    def log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_uncaught_in_thread
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     inner = (
@@ -57,6 +77,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    install_excepthook()
     # httpx logs every request URL at INFO: a Telegram URL holds the bot token
     for noisy in ("PIL", "urllib3", "matplotlib", "asyncio", "faiss.loader", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
