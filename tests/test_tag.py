@@ -370,3 +370,20 @@ def test_the_queue_gives_the_captions_of_the_in_process_run(
         assert json.loads(twin.read_text()) == json.loads(path.read_text())
     [failed] = queued.failures
     assert failed.picture.relative == "broken.png" and "damaged" in failed.reason
+
+
+def test_names_adds_the_characters_the_gallery_identifies(tagger, model_settings, tmp_path):
+    from cli.tag_cmd import _local_source
+
+    folder = tmp_path / "cast"
+    folder.mkdir()
+    render_scene(9_300_001, characters=["aoi"]).image.save(folder / "aoi.png")
+    source, name_of = _local_source(model_settings, True)
+    summary = run_folder(tagger, folder, source=source, names=name_of)
+    caption = (folder / "aoi.txt").read_text(encoding="utf-8").strip()
+    assert summary.count("tagged") == 1
+    assert caption.split(", ")[1] == "aoi sakuragi"  # after the rating, before the general tags
+    assert (
+        caption.split(", ")[2:]
+        == expected_caption(tagger, folder / "aoi.png", CaptionOptions()).split(", ")[1:]
+    )
