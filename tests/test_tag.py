@@ -370,6 +370,31 @@ def test_the_queue_gives_the_captions_of_the_in_process_run(
         assert json.loads(twin.read_text()) == json.loads(path.read_text())
     [failed] = queued.failures
     assert failed.picture.relative == "broken.png" and "damaged" in failed.reason
+    # the command itself, --queue: the caption files of an in-process run of the command, byte for byte
+    args = ["--general", "0.3", "--max-tags", "12", "-r", "--batch-size", "2"]
+    by_queue = run_cli([str(folder), "--out", str(tmp_path / "cli-queued"), "--queue", *args], model_env)
+    in_process = run_cli([str(folder), "--out", str(tmp_path / "cli-local"), *args], model_env)
+    assert by_queue.returncode == in_process.returncode == 1, by_queue.stderr[-2000:]
+    assert "5 tagged" in by_queue.stderr and "broken.png" in by_queue.stderr
+    written = sorted(p.relative_to(tmp_path / "cli-local") for p in (tmp_path / "cli-local").rglob("*.txt"))
+    assert len(written) == 5
+    for relative in written:
+        assert (tmp_path / "cli-queued" / relative).read_bytes() == (
+            tmp_path / "cli-local" / relative
+        ).read_bytes()
+
+
+def test_two_pictures_sharing_a_caption_file(tagger, tmp_path):
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    render_scene(9_400_010).image.save(folder / "a.png")
+    render_scene(9_400_011).image.convert("RGB").save(folder / "a.jpg")
+    summary = run_folder(tagger, folder)
+    assert [(o.picture.relative, o.status) for o in summary.outcomes] == [
+        ("a.jpg", "tagged"),
+        ("a.png", "failed"),
+    ]
+    assert "a.txt is a.jpg's too" in summary.failures[0].reason
 
 
 def test_names_adds_the_characters_the_gallery_identifies(tagger, model_settings, tmp_path):
@@ -387,3 +412,34 @@ def test_names_adds_the_characters_the_gallery_identifies(tagger, model_settings
         caption.split(", ")[2:]
         == expected_caption(tagger, folder / "aoi.png", CaptionOptions()).split(", ")[1:]
     )
+
+
+def test_a_chunk_that_cannot_be_sent_or_fails_fails_only_its_pictures(tagger, folder):
+    class Flaky(LocalSource):
+        calls = 0
+
+        def submit(self, chunk, floor):  # type: ignore[no-untyped-def]
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise ConnectionError("Redis went away")
+            return super().submit(chunk, floor) if Flaky.calls != 3 else "lost"
+
+        def collect(self, handle):  # type: ignore[no-untyped-def]
+            if handle == "lost":
+                raise TimeoutError("job still queued after waiting")
+            return super().collect(handle)
+
+    source = Flaky(tagger, max_bytes=20_000_000, max_pixels=40_000_000)
+    # one picture a chunk, in order: broken.png (its own failure), scene-0 (not sent), scene-1 (lost), scene-2
+    summary = run_folder(tagger, folder, source=source, batch_size=1, recursive=False)
+    reasons = {o.picture.relative: o.reason for o in summary.failures}
+    assert "damaged" in reasons.pop("broken.png")
+    assert reasons == {"scene-0.png": "Redis went away", "scene-1.png": "job still queued after waiting"}
+    assert [o.picture.relative for o in summary.outcomes if o.status == "tagged"] == ["scene-2.png"]
+    again = run_folder(tagger, folder, recursive=False)  # the failed ones are tagged on the next run
+    assert {o.picture.relative: o.status for o in again.outcomes} == {
+        "broken.png": "failed",
+        "scene-0.png": "tagged",
+        "scene-1.png": "tagged",
+        "scene-2.png": "unchanged",
+    }

@@ -241,8 +241,17 @@ class FolderRun:
                 self.on_outcome(outcome)
 
         todo = []
+        owners: dict[
+            Path, Picture
+        ] = {}  # caption file -> the picture writing it (a.png and a.jpg share a.txt)
         for picture in self.pictures:
-            if self.mode == "skip" and not self.redo and self._caption_exists(picture):
+            target = caption_path(picture, self.out_root, self.fmt)
+            owner = owners.setdefault(target, picture) if self.fmt != "csv" else picture
+            if owner is not picture:
+                done(
+                    TagOutcome(picture, "failed", f"its caption file {target.name} is {owner.relative}'s too")
+                )
+            elif self.mode == "skip" and not self.redo and self._caption_exists(picture):
                 done(TagOutcome(picture, "exists", "a caption exists (skip mode)"))
             else:
                 todo.append(picture)
@@ -265,12 +274,12 @@ class FolderRun:
                     continue
                 chunk.append(loaded)
                 if len(chunk) == self.batch_size:
-                    pending.append((chunk, self.source.submit(chunk, self.options.floor)))
+                    pending.append((chunk, self._submit(chunk)))
                     chunk = []
                     while len(pending) > self.window:
                         self._finish(*pending.popleft(), done)
             if chunk:
-                pending.append((chunk, self.source.submit(chunk, self.options.floor)))
+                pending.append((chunk, self._submit(chunk)))
             while pending:
                 self._finish(*pending.popleft(), done)
         self._write_csv()
@@ -279,8 +288,17 @@ class FolderRun:
         outcomes.sort(key=lambda o: order[o.picture.relative])
         return RunSummary(outcomes, time.perf_counter() - started)
 
+    def _submit(self, chunk: list[Loaded]) -> Any:
+        """The source's handle for ``chunk``, or the exception that kept it from starting (reported by _finish)."""
+        try:
+            return self.source.submit(chunk, self.options.floor)
+        except Exception as exc:  # Redis down, a full queue: these pictures fail, the run goes on
+            return exc
+
     def _finish(self, chunk: list[Loaded], handle: Any, done: Callable[[TagOutcome], None]) -> None:
         try:
+            if isinstance(handle, Exception):
+                raise handle
             results = self.source.collect(handle)
         except Exception as exc:  # the whole chunk failed (a worker error, a timeout): each picture says so
             log.error("tagging %d pictures from %s failed: %s", len(chunk), chunk[0].picture.relative, exc)
