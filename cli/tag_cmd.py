@@ -213,6 +213,7 @@ def _local_source(settings: Settings, names: bool):  # type: ignore[no-untyped-d
 
 
 def _queue_source(settings: Settings, names: bool):  # type: ignore[no-untyped-def]
+    from workers.celery_app import TAG_TASK, TASK_QUEUES
     from workers.client import JobFailed, QueueClient
     from workers.tag_client import QueueSource
 
@@ -222,6 +223,11 @@ def _queue_source(settings: Settings, names: bool):  # type: ignore[no-untyped-d
     except Exception as exc:
         console.print(f"[red]Cannot reach Redis at {settings.redis_url.split('@')[-1]}: {exc}[/red]")
         raise typer.Exit(2) from None
+    if client.workers_for(TASK_QUEUES[TAG_TASK], timeout_s=2.0) == 0:
+        console.print(
+            f"[red]No worker consumes the {TASK_QUEUES[TAG_TASK]} queue[/red]: start `anibot worker`."
+        )
+        raise typer.Exit(2)
     source = QueueSource(client, Requester("cli"))
     if not names:
         return source, None

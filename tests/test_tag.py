@@ -23,7 +23,7 @@ from core.tagging.captions import (
 from core.tagging.folders import LEDGER_NAME, collect
 from core.tagging.implications import SHIPPED, Implications, derive_implications
 from core.tagging.runner import FolderRun, LocalSource
-from tests.conftest import REPO
+from tests.conftest import IDLE_REDIS_URL, REPO
 
 # --- caption text for a fixed tag set ------------------------------------------------------------------------
 
@@ -334,6 +334,8 @@ def test_the_command_with_its_options(tagger, folder, model_env, tmp_path):
     assert "5 skipped" in again.stderr
     bad = run_cli([str(folder), "--format", "xml"], model_env)
     assert bad.returncode == 2 and "--format" in bad.stderr
+    nobody = run_cli([str(folder), "--queue"], {**model_env, "ANIBOT_REDIS_URL": IDLE_REDIS_URL})
+    assert nobody.returncode == 2 and "No worker consumes the gpu queue" in nobody.stderr
 
 
 # --- identical through a real worker -----------------------------------------------------------------------------
