@@ -368,6 +368,29 @@ async def test_long_replies_stay_within_discord_limits_and_lose_nothing():
 
 
 @pytest.mark.asyncio
+async def test_user_text_is_shown_literally_never_as_markdown_or_mentions(discord_bot):
+    """``/anime [Free Nitro](https://x) <@id>`` once posted a masked link and pinged: user text echoed back is
+    escaped, the layer's `code` examples stay code, and the bot allows no mention at all."""
+    echoed = "[Free Nitro](https://x) <@123456789012345678> @everyone **loud**"
+    [plain] = render(Reply(text=f"I don't know {echoed}. Try `/anime Cowboy Bebop`."))
+    assert plain.content is not None
+    assert "\\[Free Nitro](https://x)" in plain.content and "\\*\\*loud\\*\\*" in plain.content
+    assert "<@123456789012345678>" not in plain.content and "@everyone" not in plain.content
+    assert "`/anime Cowboy Bebop`" in plain.content
+    [card] = render(
+        Reply(title=f"# {echoed}", text="ok\n# heading on a later line", fields=(ReplyField("> q", echoed),),
+              footer="||spoiler||")
+    )  # fmt: skip
+    embed = card.embed
+    assert embed is not None and embed.title is not None and embed.title.startswith("\\#")
+    assert "\n\\# heading" in (embed.description or "")
+    assert embed.fields[0].name == "\\> q" and "<@123456789012345678>" not in (embed.fields[0].value or "")
+    assert embed.footer.text == "\\|\\|spoiler\\|\\|"
+    mentions = build_bot(discord_bot.settings, discord_bot.layer).allowed_mentions  # dpytest replaces its own
+    assert mentions is not None and not (mentions.everyone or mentions.users or mentions.roles)
+
+
+@pytest.mark.asyncio
 async def test_a_refused_picture_still_gets_the_text_answer():
     """Discord refuses the attachment (413, say a server's lower upload limit): the answer goes again without it."""
     sent_messages: list[Any] = []

@@ -96,9 +96,8 @@ class DiscordFrontEnd(commands.Bot):
             intents=intents,
             help_command=None,  # the layer's /help
             case_insensitive=True,
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, users=True, replied_user=False
-            ),
+            # nothing the bot sends pings anyone (user text is escaped as well: bot.discord.render.escape)
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.settings = settings
         self.layer = layer

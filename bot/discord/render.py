@@ -8,10 +8,12 @@ follows in plain messages of at most 2,000 characters, in reading order. An imag
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 import discord
+from discord.utils import escape_markdown, escape_mentions
 
 from bot.replies import MAX_MESSAGES, Reply, ReplyField, ReplyKind, cap_messages, split_text
 
@@ -58,6 +60,39 @@ class Outgoing:
             )
             if value is not None
         }
+
+
+INLINE_CODE = re.compile(
+    r"(`[^`\n]+`)"
+)  # the layer's `examples`: kept as code, where nothing renders or pings
+
+
+NOT_A_HEADING = re.compile(r"^\\(#{1,3})(?![# ])")  # "#1 Aoi": a heading needs a space after its hashes
+
+
+def escape_line(line: str) -> str:
+    return NOT_A_HEADING.sub(r"\1", escape_mentions(escape_markdown(line)))
+
+
+def escape(text: str) -> str:
+    """User (and model) text as Discord shows it literally: markdown (masked links, headings, bold, spoilers)
+    and mentions (``<@id>``, ``@everyone``) escaped, line by line; `inline code` kept as code."""
+    parts = INLINE_CODE.split(text)
+    return "".join(
+        part if i % 2 else "\n".join(escape_line(line) for line in part.split("\n"))
+        for i, part in enumerate(parts)
+    )
+
+
+def escaped(reply: Reply) -> Reply:
+    """``reply`` with every text a user may have put in it escaped (titles, text, fields, footer)."""
+    return replace(
+        reply,
+        title=escape(reply.title),
+        text=escape(reply.text),
+        fields=tuple(ReplyField(escape(f.name), escape(f.value), f.inline) for f in reply.fields),
+        footer=escape(reply.footer),
+    )
 
 
 def shorten(text: str, limit: int) -> str:
@@ -118,6 +153,7 @@ def _text_messages(text: str, limit: int) -> list[Outgoing]:
 
 def render(reply: Reply, *, channel_nsfw: bool = False) -> list[Outgoing]:
     """``reply`` as the Discord messages to send, in order (the first one carries the image and the buttons)."""
+    reply = escaped(reply)
     if reply.image is not None and len(reply.image.data) > FILE_LIMIT:
         reply = replace(reply, image=None)
     view = button_view(reply)
