@@ -41,6 +41,9 @@ def test_plain_text_reads_in_order():
         ("Rem (Re:Zero)", ("Rem", "Re:Zero")),
         ("初音ミク", ("初音ミク", "")),
         ("Jean-Luc O'Brien", ("Jean-Luc O'Brien", "")),
+        ("Ｒｅｍ", ("Rem", "")),  # full-width: the same character as "Rem" (NFKC, not NFC)
+        ("Ｒｅｍ （Ｒｅ：Ｚｅｒｏ）", ("Rem", "Re:Zero")),
+        ("Ｒｅｍ ｜ Ｒｅ：Ｚｅｒｏ", ("Rem", "Re:Zero")),
     ],
 )
 def test_names_are_normalised(text, expected):
@@ -48,7 +51,7 @@ def test_names_are_normalised(text, expected):
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "   ", "../etc/passwd", "a/b", ".hidden", "x" * 101, "<script>", "snake_case"]
+    "bad", ["", "   ", "../etc/passwd", "a/b", "ａ／ｂ", ".hidden", "x" * 101, "<script>", "snake_case"]
 )
 def test_bad_names_are_refused(bad):
     with pytest.raises(BadName):

@@ -23,7 +23,17 @@ from core.settings import Settings
 from core.storage.kv import KeyValue
 from core.storage.shared_store import SharedStore
 from core.storage.store import Store
-from core.vision.results import UNKNOWN, AnalysisResult, Candidate, Head, StageFailure, Tag
+from core.vision.results import (
+    LOAD_FAILED,
+    NOT_INSTALLED,
+    STAGE_FAILED,
+    UNKNOWN,
+    AnalysisResult,
+    Candidate,
+    Head,
+    StageFailure,
+    Tag,
+)
 from core.vision.slots.base import (
     Captioner,
     Detection,
@@ -68,8 +78,10 @@ class LoadedSlots:
                 setattr(slots, slot, load_slot(manifest, settings))
                 slots.manifests[slot] = manifest
             except Exception as exc:  # a broken model degrades its stage, reported in every result
-                log.warning("model slot %s unavailable: %s", slot, exc)
-                slots.load_errors[slot] = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "model slot %s unavailable: %s", slot, exc
+                )  # the details stay in the worker's log
+                slots.load_errors[slot] = NOT_INSTALLED if isinstance(exc, ModelNotInstalled) else LOAD_FAILED
         return slots
 
 
@@ -196,15 +208,15 @@ class AnalysisPipeline:
 
         def stage(name: str, slot_name: str, run: Callable[[], T], default: T) -> T:
             if getattr(self.slots, slot_name) is None:
-                reason = self.slots.load_errors.get(slot_name, "model not installed")
+                reason = self.slots.load_errors.get(slot_name, NOT_INSTALLED)
                 failures.append(StageFailure(name, reason))
                 return default
             start = time.perf_counter()
             try:
                 return run()
-            except Exception as exc:  # degrade, never sink the job
+            except Exception:  # degrade, never sink the job
                 log.exception("stage %s failed on image %s", name, image_sha256[:12])
-                failures.append(StageFailure(name, f"{type(exc).__name__}: {exc}"))
+                failures.append(StageFailure(name, STAGE_FAILED))  # never exception text or paths
                 return default
             finally:
                 timings[name] = round((time.perf_counter() - start) * 1000, 2)

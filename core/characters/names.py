@@ -16,8 +16,9 @@ class BadName(ValueError):
 
 
 def normalise_name(text: str, *, what: str = "name") -> str:
-    """NFC, whitespace collapsed; raises :class:`BadName` for empty, too long, path-like or odd names."""
-    name = " ".join(unicodedata.normalize("NFC", text).split())
+    """NFKC (full-width "Ｒｅｍ" is "Rem", one character), whitespace collapsed; raises :class:`BadName` for
+    empty, too long, path-like or odd names."""
+    name = " ".join(unicodedata.normalize("NFKC", text).split())
     if not name:
         raise BadName(f"The {what} is empty.")
     if len(name) > MAX_NAME_CHARS:
@@ -31,7 +32,7 @@ def normalise_name(text: str, *, what: str = "name") -> str:
 
 def split_name_and_series(text: str) -> tuple[str, str]:
     """``Name | Series`` or ``Name (Series)`` -> (name, series); both normalised; series may be ''."""
-    text = text.strip()
+    text = unicodedata.normalize("NFKC", text).strip()  # full-width ｜ and （） separate too
     if "|" in text:
         name, _, series = text.partition("|")
     else:

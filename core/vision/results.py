@@ -72,8 +72,17 @@ class Tag:
     category: str  # "general" | "character" | "rating"
 
 
+NOT_INSTALLED = "model not installed"
+LOAD_FAILED = "model could not be loaded"
+STAGE_FAILED = "failed"
+STAGE_REASONS = (NOT_INSTALLED, LOAD_FAILED, STAGE_FAILED)
+
+
 @dataclass(frozen=True)
 class StageFailure:
+    """A stage that did not run, by name, with a short reason (one of ``STAGE_REASONS``): callers of the API see
+    this, so never exception text or paths (those are in the worker's log)."""
+
     stage: str
     error: str
 
@@ -198,7 +207,13 @@ RESULT_JSON_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["stage", "error"],
-                "properties": {"stage": {"type": "string"}, "error": {"type": "string"}},
+                "properties": {
+                    "stage": {"type": "string"},
+                    "error": {
+                        "type": "string",
+                        "description": "not installed, could not be loaded, or failed",
+                    },
+                },
             },
         },
         "schema_version": {"const": RESULT_SCHEMA_VERSION},
