@@ -158,3 +158,42 @@ def test_untrainable_models_and_unknown_options(env: dict[str, Any]) -> None:
         retrainer("detector")(inputs, context(env["root"], {})[0])
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
         retrainer("tagger")(inputs, context(env["root"], {"epoch": 1}, job_id="job2")[0])
+
+
+class Planted:
+    """What an attacker with write access to the shared folder would put in a checkpoint: code run on load."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (shutil.rmtree, ("/nonexistent-anibot-planted",))
+
+
+def test_tagger_checkpoints_load_weights_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Checkpoints sit in the shared folder: loaded with ``weights_only=True`` (tensors and plain data), a file
+    carrying objects is refused and training starts over, instead of unpickling arbitrary code."""
+    import torch
+
+    from core.learning.retrain.tagger import _load_checkpoint, _save_checkpoint
+
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.01)
+    net(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    gen = torch.Generator().manual_seed(3)
+    path = tmp_path / "checkpoint.pt"
+    _save_checkpoint(path, 4, net, optimizer, scheduler, gen)
+    saved = _load_checkpoint(path)
+    assert saved is not None and saved["epoch"] == 4
+    assert torch.equal(saved["net"]["weight"], net.state_dict()["weight"])
+    assert torch.equal(saved["generator"], gen.get_state())
+
+    torch.save({"epoch": 1, "net": Planted()}, path)
+    calls: list[str] = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(shutil, "rmtree", lambda *a, **k: calls.append("ran"))  # what loading would have run
+    try:
+        assert _load_checkpoint(path) is None
+    finally:
+        monkey.undo()
+    assert calls == []  # nothing of the planted file ran
+    assert any("unreadable: starting over" in r.getMessage() for r in caplog.records)

@@ -29,6 +29,7 @@ threshold choice and evaluation 9 s), held-back macro-F1 0.505 -> 0.640. Hence t
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import replace
@@ -83,6 +84,8 @@ from core.storage.store import ReferenceInfo
 from core.vision.slots.base import Manifest
 from core.vision.slots.registry import load_slot
 from core.vision.slots.tagger import CATEGORY_GENERAL, Wd14Tagger, read_selected_tags, wd14_preprocess
+
+log = logging.getLogger(__name__)
 
 TARGET = "tagger"
 RETRAIN_SEED_BASE = (
@@ -169,6 +172,16 @@ def _save_checkpoint(path: Path, epoch: int, net: Any, optimizer: Any, scheduler
     write_atomic(path, buffer.getvalue())
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint of :func:`_save_checkpoint`, read with ``weights_only=True``: tensors and plain data only, so
+    a file planted in the shared folder cannot run code in the worker. None (start over) when unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torn, foreign or carrying objects: start over rather than fail or trust it
+        log.warning("tagger checkpoint %s unreadable: starting over", path, exc_info=True)
+        return None
+
+
 def _train(
     ctx: TrainingContext,
     work: Path,
@@ -202,8 +215,10 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     gen = torch.Generator().manual_seed(state["seed"])
     checkpoint = work / CHECKPOINT
-    if state["epochs_done"] > 0 and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = _load_checkpoint(checkpoint) if state["epochs_done"] > 0 and checkpoint.is_file() else None
+    if saved is None:
+        state["epochs_done"] = 0
+    else:
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
