@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from bot.invocation import Invocation, Progress, no_progress
 from bot.outage import UNREACHABLE_ERRORS, unreachable_reply
-from bot.registry import BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
+from bot.registry import ANSWERS, BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
 from bot.replies import Button, Reply, ReplyKind, refusal
 from bot.waiting import JobWaiter
 from core.chat.ratelimit import ActiveJobs, BucketRule, TokenBuckets
@@ -52,6 +52,7 @@ class CommandLayer:
         *,
         commands: CommandRegistry = COMMANDS,
         buttons: ButtonRegistry = BUTTONS,
+        answers: ButtonRegistry = ANSWERS,
     ) -> None:
         import bot.commands  # noqa: F401  (registers every command and button on the registries)
 
@@ -61,6 +62,7 @@ class CommandLayer:
         self.chats = ChatStore(store)
         self.commands = commands
         self.buttons = buttons
+        self.answers = answers
         redis_client = client.kv.client
         self.buckets = TokenBuckets(redis_client)
         self.active = ActiveJobs(redis_client, ttl_s=int(settings.job_wait_timeout_s) + 60)
@@ -130,7 +132,7 @@ class CommandLayer:
             return []
         await self.run_sync(self.kv.delete, key)
         action, payload = Button.parse(pending.decode())
-        handler = self.buttons.get(f"{action}.answer")
+        handler = self.answers.get(action)  # apart from the buttons: a press cannot skip the question
         if handler is None:
             return []
         answered = replace(inv, args=f"{payload} {inv.args}")

@@ -87,3 +87,6 @@ class ButtonRegistry:
 
 COMMANDS = CommandRegistry()
 BUTTONS = ButtonRegistry()
+# answers to a question the bot asked ("Wrong? Tell me who"): reached only through the user's next message, never
+# through a button press, so no one answers a question they were not asked
+ANSWERS = ButtonRegistry()

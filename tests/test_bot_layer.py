@@ -132,6 +132,28 @@ def test_more_candidates_and_a_correction_are_kept(bot_stack):
     assert run(layer.text(answer)) == []  # the question was answered once
 
 
+def test_result_buttons_work_only_in_their_chat_and_answers_only_after_the_question(bot_stack):
+    """A finished job's id pressed from another chat or platform is as good as expired, and the answer handler is
+    no button: pressing ``wrong.answer:<job> <name>`` cannot skip the question."""
+    layer = bot_stack.layer()
+    inv = invocation(image(scene_bytes(4_400_005)))
+    result = run(layer.images(inv, explicit=True))[0]
+    job_id = result.data["job_id"]
+    elsewhere = (replace(inv, chat_id=fresh_id(), images=()), replace(inv, platform="discord", images=()))
+    for stranger in elsewhere:
+        for action in ("more", "wrong"):
+            refused = run(layer.button(stranger, f"{action}:{job_id}"))[0]
+            assert refused.kind is ReplyKind.REFUSAL and refused.code == "expired", (
+                stranger.platform,
+                action,
+            )
+    skipped = run(layer.button(inv, f"wrong.answer:{job_id} 1 Hoshino Ai"))[0]
+    assert skipped.kind is ReplyKind.REFUSAL and skipped.code == "expired"
+    assert run(layer.text(replace(inv, args="1 Hoshino Ai", images=()))) == []  # nobody asked
+    assert layer.chats.corrections(job_id=job_id) == []
+    assert run(layer.button(inv, f"more:{job_id}"))[0].kind is ReplyKind.RESULT  # in its own chat: fine
+
+
 ADMIN_COMMANDS = ("addcharacter", "removecharacter", "characters", "retrain", "reindex", "jobs", "review")
 
 

@@ -276,16 +276,19 @@ def _run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+CHAT = "corrections-chat"  # a result's buttons work in the chat it was posted in
+
+
 def _analyse(layer, data: bytes, user: str | None = None):  # type: ignore[no-untyped-def]
     from bot.replies import ReplyKind
 
-    reply = _run(layer.images(_invocation(data, user=user), explicit=True))[0]
+    reply = _run(layer.images(_invocation(data, user=user, chat=CHAT), explicit=True))[0]
     assert reply.kind is ReplyKind.RESULT, reply
     return reply
 
 
 def _correct(layer, result_reply, name: str, user: str | None = None):  # type: ignore[no-untyped-def]
-    inv = _invocation(user=user)
+    inv = _invocation(user=user, chat=CHAT)
     wrong = next(b for b in result_reply.buttons if b.action == "wrong")
     assert _run(layer.button(inv, wrong.callback_data))[0].expects_answer
     return _run(layer.text(replace(inv, args=f"1 {name}")))[0]

@@ -10,7 +10,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from bot.invocation import IncomingImage, Invocation, Progress
-from bot.registry import BUTTONS, COMMANDS
+from bot.registry import ANSWERS, BUTTONS, COMMANDS
 from bot.render import analysis_reply, candidates_reply
 from bot.replies import Reply, ReplyKind, refusal
 from bot.waiting import Waited, WaitOutcome
@@ -191,11 +191,16 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
         await layer.run_sync(layer.active.release, slot, owner)
 
 
-async def _finished_result(layer: CommandLayer, job_id: str) -> AnalysisResult | None:
+async def _finished_result(layer: CommandLayer, job_id: str, inv: Invocation) -> AnalysisResult | None:
+    """The result of a finished analysis asked for in this chat, on this platform (a job id from elsewhere is
+    as good as expired: its buttons work only where its answer was posted)."""
     job = (
         await layer.run_sync(layer.client.jobs.get, job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
     )
     if job is None or job.status is not JobStatus.DONE:
+        return None
+    if (job.requester.platform, job.requester.chat_id) != (inv.platform, inv.chat_id):
+        log.warning("job %s is not of this chat: refused (%s)", job_id, inv.where())
         return None
     try:
         return AnalysisResult.from_dict(await layer.run_sync(layer.client.result_json, job))
@@ -205,7 +210,7 @@ async def _finished_result(layer: CommandLayer, job_id: str) -> AnalysisResult |
 
 @BUTTONS.action("more")
 async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
-    result = await _finished_result(layer, inv.args)
+    result = await _finished_result(layer, inv.args, inv)
     if result is None:
         return [refusal(EXPIRED, "expired")]
     return [candidates_reply(result, inv.args, layer.settings.reply_max_heads)]
@@ -213,7 +218,7 @@ async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progre
 
 @BUTTONS.action("wrong")
 async def wrong_name(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
-    result = await _finished_result(layer, inv.args)
+    result = await _finished_result(layer, inv.args, inv)
     if result is None or not result.heads:
         return [refusal(EXPIRED, "expired")]
     await layer.ask(inv, "wrong", inv.args)
@@ -223,15 +228,15 @@ async def wrong_name(layer: CommandLayer, inv: Invocation, progress: Progress) -
     return [Reply(text=f"Who is it? {how}", expects_answer=True)]
 
 
-@BUTTONS.action("wrong.answer")
+@ANSWERS.action("wrong")
 async def correction_given(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
     from bot.commands.review import corrections_of, queue_apply
 
     job_id, _, answer = inv.args.partition(" ")
-    result = await _finished_result(layer, job_id)
+    result = await _finished_result(layer, job_id, inv)
     if result is None or not result.heads:
         return [refusal(EXPIRED, "expired")]
-    match = re.fullmatch(r"\s*(?:#?(\d+)[\s:.)-]+)?(.+?)\s*", answer, flags=re.DOTALL)
+    match = re.fullmatch(r"\s*(?:#?([0-9]{1,4})[\s:.)-]+)?(.+?)\s*", answer, flags=re.DOTALL)
     head = int(match.group(1)) if match and match.group(1) else 1
     try:
         name, series = split_name_and_series(match.group(2) if match else "")
