@@ -322,6 +322,9 @@ def test_a_reviewed_correction_names_the_head_next_time(bot_stack):
     assert card.data["correction_id"] == mine, card
     assert card.data["name"] == "Zora Testvale" and card.data["agreeing"] == 1
     assert card.image is not None and card.image.data.startswith(b"\x89PNG")
+    # the head was cut by a worker (the bot process decodes no picture)
+    [crop] = layer.client.jobs.recent(["crop"], limit=1)
+    assert crop.status.value == "done" and crop.params["image"] == stored.image_sha256
     assert [b.callback_data for b in card.buttons] == [
         f"review.approve:{mine}",
         f"review.reject:{mine}",

@@ -23,6 +23,7 @@ REMOVE_CHARACTER_TASK = "anibot.characters.remove"
 RETRAIN_TASK = "anibot.retrain"
 REINDEX_TASK = "anibot.gallery.reindex"
 APPLY_CORRECTIONS_TASK = "anibot.corrections.apply"
+HEAD_CROP_TASK = "anibot.corrections.crop"
 TAG_TASK = "anibot.tag"
 TASK_MODULES = (
     "workers.tasks",
@@ -40,6 +41,7 @@ TASK_QUEUES = {
     RETRAIN_TASK: "train",
     REINDEX_TASK: "train",
     APPLY_CORRECTIONS_TASK: "train",
+    HEAD_CROP_TASK: "cpu",
     TAG_TASK: "gpu",
 }
 

@@ -10,13 +10,13 @@ import logging
 
 from PIL import Image
 
-from core.characters.corrections import Corrections
+from core.characters.corrections import Corrections, head_crop_png
 from core.chat.store import ChatStore
 from core.storage.jobs import BlobNotFound
 from core.vision.intake import IntakeError
 from workers import runtime
 from workers.admin_tasks import fail_job, finish_job, start_job
-from workers.celery_app import APPLY_CORRECTIONS_TASK, app
+from workers.celery_app import APPLY_CORRECTIONS_TASK, HEAD_CROP_TASK, app
 from workers.tasks import AnibotTask
 
 log = logging.getLogger(__name__)
@@ -55,3 +55,18 @@ def apply_corrections(self: AnibotTask, job_id: str) -> str:
     )  # publishing the new gallery also stops stale cached answers
     log.info("job %s: %s", job.id, report.message)
     return finish_job(job, report.to_dict())
+
+
+@app.task(name=HEAD_CROP_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def crop_head(self: AnibotTask, job_id: str) -> str:
+    """The head a correction names, cut from its kept picture for a reviewer: decoding pictures is a worker's job
+    (front-ends read headers only). Result: ``{"png": <blob sha256>}``, or ``{"png": null}`` when the picture
+    expired or no longer decodes."""
+    job = start_job(job_id)
+    if job is None:
+        return "skipped"
+    picture = _picture(job.params["image"])
+    if picture is None:
+        return finish_job(job, {"png": None})
+    png = head_crop_png(picture, tuple(job.params["box"]))
+    return finish_job(job, {"png": runtime.service().blobs.put(png)})

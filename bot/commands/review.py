@@ -13,10 +13,10 @@ from bot.invocation import Invocation, Progress
 from bot.numbers import ascii_int
 from bot.registry import BUTTONS, COMMANDS, Permission
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind, refusal
-from core.characters.corrections import Corrections, PendingReview, head_crop_png
-from core.storage.jobs import BlobNotFound, Job
-from core.vision.intake import IntakeError, decode_image
-from workers.celery_app import APPLY_CORRECTIONS_TASK
+from bot.waiting import WaitOutcome
+from core.characters.corrections import Corrections, PendingReview
+from core.storage.jobs import BlobNotFound, Job, JobStatus, Requester
+from workers.celery_app import APPLY_CORRECTIONS_TASK, HEAD_CROP_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:
     from bot.layer import CommandLayer
@@ -50,19 +50,31 @@ async def queue_apply(layer: CommandLayer, inv: Invocation) -> Job:
     return job
 
 
-def _crop_png(layer: CommandLayer, pending: PendingReview) -> bytes | None:
-    """The corrected head, cut from the kept picture; None when the picture expired."""
+CROP_WAIT_S = 30.0
+
+
+async def _crop_png(layer: CommandLayer, pending: PendingReview) -> bytes | None:
+    """The corrected head, cut from the kept picture by a cpu worker (the bot decodes no picture); None when the
+    picture expired, or no worker answered in time."""
     correction = pending.correction
     if correction.box is None or not correction.image_sha256:
         return None
-    try:
-        data = layer.client.blobs.get(correction.image_sha256)
-        decoded = decode_image(
-            data, max_bytes=layer.settings.max_image_bytes, max_pixels=layer.settings.max_image_pixels
-        )
-    except (BlobNotFound, IntakeError):
+    job = await layer.run_sync(
+        layer.client.submit_task,
+        HEAD_CROP_TASK,
+        "crop",
+        requester=Requester("review"),
+        params={"image": correction.image_sha256, "box": list(correction.box)},
+    )
+    waited = await layer.waiter.wait(job, TASK_QUEUES[HEAD_CROP_TASK], timeout_s=CROP_WAIT_S)
+    if waited.outcome is not WaitOutcome.FINISHED or waited.job.status is not JobStatus.DONE:
+        log.warning("head crop for correction %s: %s", correction.id, waited.outcome)
         return None
-    return head_crop_png(decoded.image, correction.box)
+    try:
+        digest = (await layer.run_sync(layer.client.result_json, waited.job))["png"]
+        return await layer.run_sync(layer.client.blobs.get, digest) if digest else None
+    except BlobNotFound:
+        return None
 
 
 async def _review_card(layer: CommandLayer, after_id: int = 0) -> Reply:
@@ -70,7 +82,7 @@ async def _review_card(layer: CommandLayer, after_id: int = 0) -> Reply:
     if pending is None:
         return Reply(text=NOTHING_WAITING if not after_id else "No more corrections waiting.")
     c = pending.correction
-    png = await layer.run_sync(_crop_png, layer, pending)
+    png = await _crop_png(layer, pending)
     users = f"{pending.agreeing} user{'s' * (pending.agreeing != 1)}"
     fields = (
         ReplyField("I said", c.predicted or "unknown", inline=True),
