@@ -304,3 +304,51 @@ def test_logs_never_show_the_token(capsys):
         root.setLevel(level)
     err = capsys.readouterr().err
     assert token not in err and err.count("[redacted]") == 4 and "error abc" in err
+
+
+def test_downloads_stop_at_the_limit_when_telegram_announces_no_size():
+    """Telegram may omit ``file_size``: the download is then counted as it streams and cut at the limit (PTB's
+    download_as_bytearray read it all), here from a server that would send bytes for ever."""
+    import asyncio
+
+    from aiohttp import web
+
+    from bot.telegram.app import download_capped
+    from core.vision.intake import IntakeError
+
+    limit = 300_000
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # chunked: no Content-Length announced
+        await response.prepare(request)
+        try:
+            while sent[0] < 200 * limit:
+                await response.write(b"x" * 65_536)
+                sent[0] += 65_536
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=b"y" * 1000)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/endless", endless)
+        app.router.add_get("/small", small)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        try:
+            assert await download_capped(f"{base}/small", limit) == b"y" * 1000
+            with pytest.raises(IntakeError) as refused:
+                await asyncio.wait_for(download_capped(f"{base}/endless", limit), 30)
+            assert refused.value.code == "too_large"
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert sent[0] < 40 * limit  # the reading stopped near the limit, not at the server's end

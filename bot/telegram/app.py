@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import httpx
 from telegram import BotCommand, Message, ReactionTypeEmoji, Update
 from telegram.constants import ChatAction, ChatMemberStatus, ChatType, ParseMode
 from telegram.error import BadRequest, TelegramError
@@ -33,18 +34,21 @@ from bot.replies import Reply, ReplyKind
 from bot.telegram.render import caption_and_rest, keyboard, message_chunks, photo_fits
 from core.chat.store import ChatKind
 from core.settings import Settings
+from core.vision.intake import too_many_bytes
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+DOWNLOAD_TIMEOUT_S = 60.0  # to connect, or between two chunks of a picture being downloaded
 ALBUM_WAIT_S = 1.0  # an album arrives as several updates: answer them together after this quiet time
 NEW_MESSAGES = filters.UpdateType.MESSAGE  # not edits (a fixed caption is no new question), not channel posts
 IMAGES = (filters.PHOTO | filters.Document.IMAGE | filters.ANIMATION) & NEW_MESSAGES
 
 
-def message_images(message: Message | None) -> tuple[IncomingImage, ...]:
+def message_images(message: Message | None, max_bytes: int) -> tuple[IncomingImage, ...]:
     """The pictures of a message (the largest size of a photo, image documents, the still Telegram makes of an
-    animation's first frame, since GIFs arrive converted to MP4); sizes as Telegram announces them."""
+    animation's first frame, since GIFs arrive converted to MP4); sizes as Telegram announces them, and each
+    download stops past ``max_bytes`` even when Telegram announced no size."""
     if message is None:
         return ()
     found = []
@@ -60,17 +64,44 @@ def message_images(message: Message | None) -> tuple[IncomingImage, ...]:
         still = message.animation.thumbnail
         found.append((still.file_id, still.file_size, f"animation-{message.message_id}.jpg", "image/jpeg"))
     return tuple(
-        IncomingImage(_downloader(message, file_id), size=size, filename=name, mime_type=mime or "")
+        IncomingImage(
+            _downloader(message, file_id, max_bytes), size=size, filename=name, mime_type=mime or ""
+        )
         for file_id, size, name, mime in found
     )
 
 
-def _downloader(message: Message, file_id: str) -> Callable[[], Awaitable[bytes]]:
+def _downloader(message: Message, file_id: str, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
     async def fetch() -> bytes:
         file = await message.get_bot().get_file(file_id)
-        return bytes(await file.download_as_bytearray())
+        if file.file_size is not None and file.file_size > max_bytes:
+            raise too_many_bytes(file.file_size, max_bytes)
+        url = file.file_path or ""
+        if not url.startswith(("http://", "https://")):  # a local Bot API server's path: PTB reads the file
+            data = bytes(await file.download_as_bytearray())
+            if len(data) > max_bytes:
+                raise too_many_bytes(len(data), max_bytes)
+            return data
+        return await download_capped(url, max_bytes)
 
     return fetch
+
+
+async def download_capped(url: str, max_bytes: int, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+    """The file at ``url``, streamed and refused as soon as more than ``max_bytes`` arrived (PTB's own download
+    reads it all first). The URL holds the bot token: it is never logged here."""
+    chunks = bytearray()
+    async with httpx.AsyncClient(timeout=timeout_s) as client, client.stream("GET", url) as response:
+        if response.status_code != 200:
+            raise TelegramError(f"the file download answered HTTP {response.status_code}")
+        announced = response.headers.get("Content-Length", "")
+        if announced.isascii() and announced.isdigit() and int(announced) > max_bytes:
+            raise too_many_bytes(int(announced), max_bytes)
+        async for chunk in response.aiter_bytes():
+            chunks.extend(chunk)
+            if len(chunks) > max_bytes:
+                raise too_many_bytes(len(chunks), max_bytes)
+    return bytes(chunks)
 
 
 def mentions_bot(message: Message, username: str | None) -> bool:
@@ -81,6 +112,7 @@ def mentions_bot(message: Message, username: str | None) -> bool:
 class TelegramFrontEnd:
     def __init__(self, layer: CommandLayer) -> None:
         self.layer = layer
+        self.max_bytes = layer.settings.max_image_bytes
         self._albums: dict[str, list[Message]] = {}
 
     # --- building invocations ----------------------------------------------------------------------------
@@ -121,7 +153,9 @@ class TelegramFrontEnd:
         word, _, args = message.text.partition(" ")
         name = word[1:].split("@", 1)[0].lower()
         spec = self.layer.commands.get(name)
-        images = message_images(message.reply_to_message) if spec and spec.takes_images else ()
+        images = (
+            message_images(message.reply_to_message, self.max_bytes) if spec and spec.takes_images else ()
+        )
         inv = await self.invocation(update, args=args.strip(), images=images)
         if spec is not None and spec.permission is Permission.CHAT_ADMIN:
             inv = replace(inv, is_chat_admin=await self.is_chat_admin(update))
@@ -155,7 +189,7 @@ class TelegramFrontEnd:
         username = first.get_bot().username
         command, _, args = captions.strip().partition(" ")
         name = command[1:].split("@", 1)[0].lower() if command.startswith("/") else ""
-        images = tuple(image for m in messages for image in message_images(m))
+        images = tuple(image for m in messages for image in message_images(m, self.max_bytes))
         if name and name != "identify":  # e.g. /addcharacter as the caption of its reference pictures
             inv = await self.invocation(update, args=args.strip(), images=images)
             await self.acknowledge(first)
@@ -174,7 +208,7 @@ class TelegramFrontEnd:
             return
         replied = message.reply_to_message
         if replied is not None and mentions_bot(message, message.get_bot().username):
-            images = message_images(replied)
+            images = message_images(replied, self.max_bytes)
             if images:  # "@anibot who is this?" in reply to a picture
                 await self.acknowledge(message)
                 inv = await self.invocation(update, images=images)
