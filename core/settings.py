@@ -211,6 +211,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ANIBOT_HF_TOKEN", "HF_TOKEN"),
         description="Hugging Face token for gated models; HF_TOKEN is read too. Never logged.",
     )
+    hf_token_hosts: str = Field(
+        "",
+        description="Hosts besides huggingface.co that HF_TOKEN may be sent to (a trusted mirror), comma-separated; "
+        "the token only ever goes over https.",
+    )
     download_timeout_s: float = Field(
         30.0, gt=0, description="Seconds a model download may wait to connect or for the next bytes."
     )

@@ -249,7 +249,8 @@ def test_pull_streams_checks_installs_activates_and_loads(
         assert [done for done, _ in mine] == sorted(done for done, _ in mine)
     paths = sorted(path for path, _ in hub.requests)
     assert paths == sorted(f"/{REPO_ID}/resolve/{REVISION}/{name}" for name in wd14_files)
-    assert all(headers.get("Authorization") == f"Bearer {TOKEN}" for _, headers in hub.requests)
+    # a plain-http hub that is not huggingface.co gets no token (see test_the_token_goes_over_https_...)
+    assert all("Authorization" not in headers for _, headers in hub.requests)
 
 
 def test_no_token_sends_no_authorization(
@@ -261,7 +262,35 @@ def test_no_token_sends_no_authorization(
     assert read_active(tmp_path / "models") == {}  # --no-activate leaves active.json alone
 
 
-def test_token_goes_to_the_hub_only_not_where_it_redirects(
+def test_the_token_goes_over_https_to_trusted_hosts_only_never_where_it_redirects() -> None:
+    """HF_TOKEN went to any HF_ENDPOINT, plain http too: now only over https, to huggingface.co or a host
+    named in ANIBOT_HF_TOKEN_HOSTS, and as an unredirected header (never to the storage host of a redirect)."""
+    file = make_entry({"model.onnx": b"x", "selected_tags.csv": b"y"}).files[0]
+    secret = SecretStr(TOKEN)
+
+    def sent(source: HubSource) -> str | None:
+        request = source.request(file)
+        assert "Authorization" not in request.headers  # redirected requests never carry it
+        return request.unredirected_hdrs.get("Authorization")
+
+    assert sent(HubSource("https://huggingface.co", secret)) == f"Bearer {TOKEN}"
+    for untrusted in (
+        "http://huggingface.co",  # plain http
+        "https://hf-mirror.example",  # a mirror nobody named
+        "https://huggingface.co.evil.example",
+        "http://127.0.0.1:8080",
+    ):
+        assert sent(HubSource(untrusted, secret)) is None, untrusted
+    named = {"hf_token": TOKEN, "hf_token_hosts": "hf-mirror.example"}
+    mirror = HubSource.from_settings(
+        Settings(_env_file=None, hf_endpoint="https://hf-mirror.example", **named)
+    )
+    assert sent(mirror) == f"Bearer {TOKEN}"
+    plain = HubSource.from_settings(Settings(_env_file=None, hf_endpoint="http://hf-mirror.example", **named))
+    assert sent(plain) is None
+
+
+def test_no_token_reaches_a_plain_http_hub_nor_where_it_redirects(
     hub: StandInHub, wd14_files: dict[str, bytes], tmp_path: Path
 ) -> None:
     with serving() as storage:  # another host:port, as huggingface.co redirects LFS files to its CDN
@@ -272,8 +301,7 @@ def test_token_goes_to_the_hub_only_not_where_it_redirects(
         result = pull(make_entry(wd14_files), tmp_path / "models", HubSource(hub.endpoint, SecretStr(TOKEN)))
     assert result.manifest.sha256["model.onnx"] == sha256(wd14_files["model.onnx"])
     assert len(hub.requests) == len(storage.requests) == 2
-    assert all(headers.get("Authorization") == f"Bearer {TOKEN}" for _, headers in hub.requests)
-    assert all("Authorization" not in headers for _, headers in storage.requests)
+    assert all("Authorization" not in headers for _, headers in [*hub.requests, *storage.requests])
 
 
 @pytest.mark.parametrize(
@@ -382,7 +410,7 @@ def test_http_errors_name_the_file_and_never_the_token(
     hub.status[f"/{REPO_ID}/resolve/{REVISION}/model.onnx"] = 401
     with pytest.raises(HubRefused) as refused:
         pull(entry, tmp_path / "models", HubSource(hub.endpoint, SecretStr(TOKEN)))
-    assert "HTTP 401" in str(refused.value) and "HF_TOKEN was refused" in str(refused.value)
+    assert "HTTP 401" in str(refused.value) and "HF_TOKEN was not sent to 127.0.0.1" in str(refused.value)
     assert TOKEN not in str(refused.value) and TOKEN not in repr(HubSource(hub.endpoint, SecretStr(TOKEN)))
     assert not (tmp_path / "models" / STAGING_DIR).exists()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import shutil
 import socket
 import ssl
@@ -33,6 +34,11 @@ from core.settings import Settings
 from core.vision.slots.base import MANIFEST_NAME, Manifest
 from core.vision.slots.catalog import HUB, CatalogEntry, RemoteFile
 from core.vision.slots.registry import set_active
+
+log = logging.getLogger(__name__)
+TOKEN_HOSTS = frozenset(
+    {"huggingface.co"}
+)  # where HF_TOKEN may go (over https), besides ANIBOT_HF_TOKEN_HOSTS
 
 CHUNK_BYTES = 1 << 20
 STAGING_DIR = ".staging"  # under the models folder: same filesystem, so the final rename is atomic
@@ -91,10 +97,37 @@ class HubSource:
     token: SecretStr | None = field(default=None, repr=False)
     timeout_s: float = 30.0
     name: str = ""  # the catalogue entry, for the offline hint
+    token_hosts: frozenset[str] = TOKEN_HOSTS  # hosts the token may be sent to, over https only
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "") -> HubSource:
-        return cls(settings.hf_endpoint, settings.hf_token, settings.download_timeout_s, name)
+        hosts = TOKEN_HOSTS | {h.strip().lower() for h in settings.hf_token_hosts.split(",") if h.strip()}
+        return cls(
+            settings.hf_endpoint, settings.hf_token, settings.download_timeout_s, name, frozenset(hosts)
+        )
+
+    @property
+    def sends_token(self) -> bool:
+        """Whether the token goes with the requests: only over https, only to a host named as trusted (a mirror
+        in HF_ENDPOINT gets no token unless ANIBOT_HF_TOKEN_HOSTS names it)."""
+        if self.token is None or not self.token.get_secret_value():
+            return False
+        parts = urlsplit(self.endpoint)
+        return parts.scheme == "https" and (parts.hostname or "").lower() in self.token_hosts
+
+    def request(self, file: RemoteFile) -> urllib.request.Request:
+        """The request for ``file``; the token, when sent, as an unredirected header: it goes to the hub only,
+        never to the storage host the hub redirects to."""
+        request = urllib.request.Request(file.url(self.endpoint), headers={"User-Agent": USER_AGENT})
+        if self.sends_token:
+            assert self.token is not None
+            request.add_unredirected_header("Authorization", f"Bearer {self.token.get_secret_value()}")
+        elif self.token is not None and self.token.get_secret_value():
+            log.warning(
+                "HF_TOKEN not sent to %s: only over https to huggingface.co or a host in ANIBOT_HF_TOKEN_HOSTS",
+                self.host,
+            )
+        return request
 
     @property
     def host(self) -> str:
@@ -106,12 +139,9 @@ class HubSource:
     @contextmanager
     def open(self, file: RemoteFile) -> Iterator[tuple[Iterator[bytes], int | None]]:
         try:
-            request = urllib.request.Request(file.url(self.endpoint), headers={"User-Agent": USER_AGENT})
+            request = self.request(file)
         except ValueError as exc:  # not a URL urllib can open: a malformed HF_ENDPOINT
             raise HubUnreachable(f"cannot use hub address {self.endpoint!r} (HF_ENDPOINT): {exc}") from None
-        if self.token is not None and self.token.get_secret_value():
-            # unredirected: the token goes to the hub only, never to the storage host it redirects to
-            request.add_unredirected_header("Authorization", f"Bearer {self.token.get_secret_value()}")
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
@@ -140,11 +170,15 @@ class HubSource:
     def _http_message(self, code: int, reason: str, file: RemoteFile) -> str:
         what = f"{file.repo}/{file.path} at revision {file.revision[:8]}"
         if code in (401, 403):
-            fix = (
-                "the token in HF_TOKEN was refused"
-                if self.token is not None
-                else f"the model may be gated: accept its terms on https://huggingface.co/{file.repo} and set HF_TOKEN"
-            )
+            if self.sends_token:
+                fix = "the token in HF_TOKEN was refused"
+            elif self.token is not None and self.token.get_secret_value():
+                fix = (
+                    f"HF_TOKEN was not sent to {self.host}: it goes only over https, to huggingface.co or a host "
+                    "named in ANIBOT_HF_TOKEN_HOSTS"
+                )
+            else:
+                fix = f"the model may be gated: accept its terms on https://huggingface.co/{file.repo} and set HF_TOKEN"
             return f"{self.host} refused {what} (HTTP {code} {reason}): {fix}"
         if code == 404:
             return (
