@@ -554,3 +554,14 @@ def test_tag_route_limits(bot_stack):
         rate_user_per_min=0.5,
         api_token=token,
     )
+
+
+def test_a_request_lost_with_redis_is_a_503_to_send_again_not_a_400():
+    from bot.api.app import reply_response
+    from bot.replies import refusal
+    from bot.waiting import LOST
+
+    response = reply_response(refusal(LOST, code="lost"))
+    assert response.status == 503  # the service's fault, not the caller's: send it again
+    assert b'"code": "lost"' in response.body and b"send it again" in response.body
+    assert reply_response(refusal("no such title", code="not_found")).status == 404

@@ -21,6 +21,7 @@ from aiohttp import BodyPartReader, web
 
 from bot.api import tagging
 from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
+from bot.api.parts import read_part
 from bot.commands.catalog import PAGE as RECOMMEND_PAGE
 from bot.invocation import IncomingImage, Invocation
 from bot.layer import CommandLayer, new_error_id
@@ -59,6 +60,7 @@ STATUS_OF_CODE = {
     "ambiguous": 404,
     "expired": 404,
     "timeout": 408,
+    "lost": 503,  # the job record went with a Redis that kept nothing: send it again
 }
 
 
@@ -138,16 +140,6 @@ async def bearer_auth(
     return await handler(request)
 
 
-async def _read_part(part: BodyPartReader, limit: int) -> bytes:
-    """A part's bytes, refused as soon as more than ``limit`` arrived (nothing more is read)."""
-    chunks = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        chunks.extend(chunk)
-        if len(chunks) > limit:
-            raise too_many_bytes(len(chunks), limit)
-    return bytes(chunks)
-
-
 class UploadTimeout(IntakeError):
     code = "timeout"
     default_message = "The upload was too slow; send the picture again."
@@ -196,7 +188,7 @@ class Upload:
             self._part = part
             self.filename = (part.filename or self.filename)[:100]
             return False
-        value = await _read_part(part, MAX_FIELD_BYTES)  # skipped or kept, always bounded
+        value = await read_part(part, MAX_FIELD_BYTES)  # skipped or kept, always bounded
         if part.name and len(self.fields) < MAX_FIELDS:
             self.fields.setdefault(part.name, value.decode(errors="replace"))
         return True
@@ -206,7 +198,7 @@ class Upload:
         assert self._part is not None
         try:
             async with asyncio.timeout(self.timeout_s):
-                data = await _read_part(self._part, self.limit)
+                data = await read_part(self._part, self.limit)
         except TimeoutError as exc:
             raise UploadTimeout(detail=f"image part not read within {self.timeout_s} s") from exc
         self.image_read = True

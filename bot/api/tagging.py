@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from bot.api.openapi import MAX_TAGS
+from bot.api.parts import read_part
 from core.settings import Settings
 from core.tagging.captions import CaptionOptions, caption_text, parse_tag_list, select_tags
 from core.tagging.implications import Implications
-from core.vision.intake import IntakeError, image_sha256, inspect_image, too_many_bytes
+from core.vision.intake import IntakeError, image_sha256, inspect_image
 
 MAX_OPTION_FIELDS = 16
 MAX_OPTION_BYTES = 8 * 1024  # an exclude list may be long
@@ -45,15 +46,6 @@ class TagForm:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def _bounded(part: BodyPartReader, limit: int) -> bytes:
-    chunks = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        chunks.extend(chunk)
-        if len(chunks) > limit:
-            raise too_many_bytes(len(chunks), limit)
-    return bytes(chunks)
-
-
 async def read_form(request: web.Request, settings: Settings) -> TagForm:
     """The pictures and the option fields, every read bounded (bytes, parts, time)."""
     if not request.content_type.startswith("multipart/"):
@@ -72,10 +64,10 @@ async def read_form(request: web.Request, settings: Settings) -> TagForm:
             if part.name == "image":
                 if len(form.pictures) >= max_images:
                     raise BadForm("too_many_images", f"At most {max_images} pictures a request.")
-                data = await _bounded(part, settings.max_image_bytes)
+                data = await read_part(part, settings.max_image_bytes)
                 form.pictures.append(((part.filename or f"image-{len(form.pictures)}")[:100], data))
             else:
-                value = (await _bounded(part, MAX_OPTION_BYTES)).decode(errors="replace")
+                value = (await read_part(part, MAX_OPTION_BYTES)).decode(errors="replace")
                 if part.name:
                     form.fields.setdefault(part.name, value)
     if not form.pictures:
