@@ -20,7 +20,10 @@ from celery import Task
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REDIS_DOWN: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 def through_outages(call: Callable[[], T], *, what: str, max_wait_s: float, max_pause_s: float = 5.0) -> T:
