@@ -8,7 +8,6 @@ library: work goes to the queue.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -16,7 +15,7 @@ from dataclasses import replace
 from bot.invocation import Invocation, Progress, no_progress
 from bot.outage import UNREACHABLE_ERRORS, unreachable_reply
 from bot.registry import ANSWERS, BUTTONS, COMMANDS, ButtonRegistry, Command, CommandRegistry, Permission
-from bot.replies import Button, Reply, ReplyKind, refusal
+from bot.replies import Button, Reply, ReplyKind, rate_limited, refusal
 from bot.waiting import JobWaiter
 from core.chat.ratelimit import ActiveJobs, BucketRule, TokenBuckets
 from core.chat.store import ChatStore
@@ -91,7 +90,7 @@ class CommandLayer:
         if denied is not None:
             return [denied]
         run = lambda: spec.handler(self, inv, progress)  # noqa: E731
-        if spec.name != "identify":  # pictures have their own buckets (per user and per chat, a token each)
+        if not spec.takes_images:  # pictures have their own buckets (per user and per chat, a token each)
             run = self.throttled(inv, run)
         return await self.guarded(inv, f"/{spec.name}", run)
 
@@ -155,14 +154,8 @@ class CommandLayer:
             decision = await self.run_sync(self.buckets.take, f"cmd:{inv.platform}:{inv.user_id}", rule)
             if not decision.allowed:
                 log.info("commands rate limited (%s)", inv.where())
-                return [
-                    Reply(
-                        kind=ReplyKind.REFUSAL,
-                        text=f"Slow down: too many commands. Try again in {decision.retry_after_text}.",
-                        code="rate_limited",
-                        data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
-                    )
-                ]
+                text = f"Slow down: too many commands. Try again in {decision.retry_after_text}."
+                return [rate_limited(text, decision.retry_after_s)]
             return await run()
 
         return limited

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -84,6 +85,16 @@ class Reply:
 def refusal(text: str, code: str = "refused") -> Reply:
     """A short human answer to something we will not do; ``code`` tells programs why."""
     return Reply(kind=ReplyKind.REFUSAL, text=text, code=code)
+
+
+def rate_limited(text: str, retry_after_s: float) -> Reply:
+    """A refusal for a spent rate limit or budget; the REST API turns ``retry_after_s`` into Retry-After."""
+    return Reply(
+        kind=ReplyKind.REFUSAL,
+        text=text,
+        code="rate_limited",
+        data={"retry_after_s": max(1, math.ceil(retry_after_s))},
+    )
 
 
 def split_text(text: str, limit: int = CAPTION_LIMIT) -> list[str]:

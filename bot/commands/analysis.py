@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import uuid
 from typing import TYPE_CHECKING
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 from bot.invocation import IncomingImage, Invocation, Progress
 from bot.registry import ANSWERS, BUTTONS, COMMANDS
 from bot.render import analysis_reply, candidates_reply
-from bot.replies import Reply, ReplyKind, refusal
+from bot.replies import Reply, ReplyKind, rate_limited, refusal
 from bot.waiting import Waited, WaitOutcome
 from core.characters.names import BadName, split_name_and_series
 from core.chat.ratelimit import BucketRule
@@ -52,15 +51,14 @@ async def _rate_limited(layer: CommandLayer, inv: Invocation, wanted: int) -> tu
         wanted,
         inv.where(),
     )
-    data = {"retry_after_s": max(1, math.ceil(grant.retry_after_s))}
     if grant.granted == 0:
         text = f"Slow down: too many pictures from {who}. Try again in {grant.retry_after_text}."
-        return 0, Reply(kind=ReplyKind.REFUSAL, text=text, code="rate_limited", data=data)
+        return 0, rate_limited(text, grant.retry_after_s)
     text = (
         f"Slow down: too many pictures from {who}, so I answered the first {grant.granted} of {wanted}. "
         f"Send the others again in {grant.retry_after_text}."
     )
-    return grant.granted, Reply(kind=ReplyKind.REFUSAL, text=text, code="rate_limited", data=data)
+    return grant.granted, rate_limited(text, grant.retry_after_s)
 
 
 async def _over_byte_budget(layer: CommandLayer, inv: Invocation, n_bytes: int) -> Reply | None:
@@ -72,12 +70,10 @@ async def _over_byte_budget(layer: CommandLayer, inv: Invocation, n_bytes: int) 
     if decision.allowed:
         return None
     log.info("byte budget spent (%d bytes asked, %s)", n_bytes, inv.where())
-    return Reply(
-        kind=ReplyKind.REFUSAL,
-        text=f"You have sent a lot of picture data this past hour (the limit is {budget >> 20} MB an hour). "
+    return rate_limited(
+        f"You have sent a lot of picture data this past hour (the limit is {budget >> 20} MB an hour). "
         f"Try again in {decision.retry_after_text}.",
-        code="rate_limited",
-        data={"retry_after_s": max(1, math.ceil(decision.retry_after_s))},
+        decision.retry_after_s,
     )
 
 
