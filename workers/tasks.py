@@ -88,16 +88,21 @@ def analyze(self: AnibotTask, job_id: str) -> str:
     if job.status.finished:
         log.info("job %s already %s: redelivery ignored", job_id, job.status)
         return str(job.status)
+    # one attempt per delivery: a run again in process after a Redis outage (workers.outage) is the same attempt
+    counted = getattr(self.request, "attempt_counted", False)
     # runs of this job that ended neither done nor failed nor retried: its worker died (SIGKILL, out of memory)
     lost = job.attempts - self.request.retries
-    if lost >= service.settings.max_attempts:
+    if not counted and lost >= service.settings.max_attempts:
         log.error(
             "job %s: its worker died on each of %d attempts; failed, message acknowledged", job_id, lost
         )
         service.jobs.update(job, status=JobStatus.FAILED, error=JobError("worker_lost", poison_message(lost)))
         release_input(service, job.params.get("image"))
         return "failed"
-    job = service.jobs.update(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, progress=0.05)
+    job = service.jobs.update(
+        job, status=JobStatus.RUNNING, attempts=job.attempts + (0 if counted else 1), progress=0.05
+    )
+    self.request.attempt_counted = True
     log.info("job %s running (attempt %d) on %s", job_id, job.attempts, runtime.worker_id())
     fault_point(f"analyze.image:{job.params.get('image', '')}")
     delay = service.settings.test_task_delay_s
