@@ -1,4 +1,5 @@
-"""Admin tasks on the ``train`` queue: teach a character, forget one, rebuild the gallery, retrain a model.
+"""Admin tasks on the ``train`` queue: teach a character, forget one or one of its references, rebuild the gallery,
+retrain a model; and on the ``gpu`` queue the heads of the pictures an admin is about to teach (a preview).
 
 Each finishes its job with a JSON result blob holding a ``message`` for the admin, and reports its progress
 (stage, and for training epoch, loss and ETA) on the job record that ``/jobs`` shows. Teaching is idempotent
@@ -19,7 +20,12 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.characters.names import BadName, normalise_name
-from core.characters.teaching import UnknownCharacter, prepare_reference
+from core.characters.teaching import (
+    RegionBox,
+    UnknownCharacter,
+    largest_head,
+    prepare_reference,
+)
 from core.learning.retrain.base import (
     TRAINING_DIR,
     Cancelled,
@@ -35,11 +41,14 @@ from core.settings import Settings
 from core.storage.jobs import BlobNotFound, Job, JobError, JobStatus
 from core.storage.shared_store import SharedStore
 from core.vision.intake import IntakeError
+from core.vision.results import Box
 from workers import runtime
 from workers.celery_app import (
     ADD_CHARACTER_TASK,
+    PREVIEW_HEADS_TASK,
     REINDEX_TASK,
     REMOVE_CHARACTER_TASK,
+    REMOVE_REFERENCE_TASK,
     RETRAIN_TASK,
     TASK_QUEUES,
     app,
@@ -96,17 +105,25 @@ def add_character(self: AnibotTask, job_id: str) -> str:
     except runtime.NoEmbedder as exc:
         return fail_job(job, "no_embedder", str(exc))
     digests = job.params.get("images", [])
+    boxes = chosen_regions(job.params.get("boxes"), len(digests))
+    if boxes is None:
+        return fail_job(job, "bad_boxes", "The chosen regions do not match the pictures; nothing was added.")
     prepared = []
-    for index, digest in enumerate(digests, start=1):
+    for index, (digest, box) in enumerate(zip(digests, boxes, strict=True), start=1):
         job = _progress(job, f"detecting heads ({index}/{len(digests)})", 0.05 + 0.3 * index / len(digests))
         try:
             decoded = service.decode_blob(digest)
         except (IntakeError, BlobNotFound) as exc:
             message = getattr(exc, "user_message", "the picture expired.")
             return fail_job(job, "bad_reference", f"Picture {index}: {message} Nothing was added.")
-        prepared.append(
-            prepare_reference(decoded.image, decoded.sha256, teacher.detector, label=f"picture {index}")
-        )
+        try:
+            prepared.append(
+                prepare_reference(
+                    decoded.image, decoded.sha256, teacher.detector, label=f"picture {index}", box=box
+                )
+            )
+        except ValueError as exc:  # a chosen region outside the decoded picture
+            return fail_job(job, "bad_box", f"{exc}. Nothing was added.")
     if not prepared:
         return fail_job(job, "no_reference", "No reference pictures; nothing was added.")
 
@@ -142,6 +159,99 @@ def remove_character(self: AnibotTask, job_id: str) -> str:
             "gallery_version": published.manifest.version,
         },
     )
+
+
+@app.task(name=REMOVE_REFERENCE_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def remove_reference(self: AnibotTask, job_id: str) -> str:
+    """Forget one reference of a character and publish the gallery without it (the character stays)."""
+    job = start_job(job_id)
+    if job is None:
+        return "skipped"
+    sha256 = job.params["reference"]
+    try:
+        teacher = runtime.teacher()
+    except runtime.NoEmbedder as exc:
+        return fail_job(job, "no_embedder", str(exc))
+    name, series = teacher.resolve(job.params["name"], job.params.get("series", ""))
+    label = f"{name} ({series})" if series else name
+    deleted = teacher.store.delete_reference(name, series, sha256)
+    if not deleted and job.attempts <= 1:  # (a redelivery may find it deleted already: it still publishes)
+        return fail_job(job, "not_found", f"{label} has no reference {sha256[:12]}.")
+    published = teacher.publish()
+    left = next(
+        (c.n_references for c in teacher.store.list_characters() if (c.name, c.series) == (name, series)), 0
+    )
+    log.info("job %s: removed reference %s of %s (%d left)", job.id, sha256[:12], label, left)
+    return finish_job(
+        job,
+        {
+            "message": f"Removed a reference of {label}; {left} left.",
+            "name": name,
+            "series": series,
+            "reference": sha256,
+            "references": left,
+            "gallery_version": published.manifest.version,
+        },
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def chosen_regions(raw: Any, n: int) -> list[RegionBox | None] | None:
+    """The admin's chosen region of each of ``n`` pictures (None: the default head); None when they do not match
+    the pictures (the API checked this; a message from elsewhere may not have)."""
+    if raw is None:
+        return [None] * n
+    if not isinstance(raw, list) or len(raw) != n:
+        return None
+    regions: list[RegionBox | None] = []
+    for box in raw:
+        if box is None:
+            regions.append(None)
+        elif isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box):
+            regions.append((float(box[0]), float(box[1]), float(box[2]), float(box[3])))
+        else:
+            return None
+    return regions
+
+
+def _inside(box: Box, width: int, height: int) -> list[float]:
+    """A head's box clipped to the picture: sent back as a chosen region, it must lie inside it."""
+    x1, y1, x2, y2 = box.as_list()
+    return [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
+
+
+@app.task(name=PREVIEW_HEADS_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def preview_heads(self: AnibotTask, job_id: str) -> str:
+    """The heads of each picture an admin is about to teach, and the one ``anibot.characters.add`` would cut
+    around (``chosen``: the largest, None for the whole picture): the same detector and rule as teaching."""
+    job = start_job(job_id)
+    if job is None:
+        return "skipped"
+    service = runtime.service()
+    detector = service.pipeline.slots.detector
+    pictures = []
+    for index, digest in enumerate(job.params.get("images", []), start=1):
+        try:
+            decoded = service.decode_blob(digest)
+        except (IntakeError, BlobNotFound) as exc:
+            message = getattr(exc, "user_message", "the picture expired.")
+            return fail_job(job, "bad_reference", f"Picture {index}: {message}")
+        found = detector.detect(decoded.image) if detector is not None else []
+        pictures.append(
+            {
+                "width": decoded.width,
+                "height": decoded.height,
+                "heads": [
+                    {"box": _inside(d.box, decoded.width, decoded.height), "score": round(float(d.score), 4)}
+                    for d in found
+                ],
+                "chosen": largest_head(found),
+            }
+        )
+    return finish_job(job, {"pictures": pictures, "detector": detector is not None})
 
 
 @app.task(name=REINDEX_TASK, base=AnibotTask, bind=True, acks_late=True, reject_on_worker_lost=True)

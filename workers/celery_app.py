@@ -20,6 +20,8 @@ ANALYZE_TASK = "anibot.analyze"
 CATALOG_TASK = "anibot.catalog.query"
 ADD_CHARACTER_TASK = "anibot.characters.add"
 REMOVE_CHARACTER_TASK = "anibot.characters.remove"
+REMOVE_REFERENCE_TASK = "anibot.characters.remove_reference"
+PREVIEW_HEADS_TASK = "anibot.characters.preview"
 RETRAIN_TASK = "anibot.retrain"
 REINDEX_TASK = "anibot.gallery.reindex"
 APPLY_CORRECTIONS_TASK = "anibot.corrections.apply"
@@ -38,6 +40,8 @@ TASK_QUEUES = {
     CATALOG_TASK: "cpu",
     ADD_CHARACTER_TASK: "train",
     REMOVE_CHARACTER_TASK: "train",
+    REMOVE_REFERENCE_TASK: "train",
+    PREVIEW_HEADS_TASK: "gpu",  # an admin waits for it: detection only, next to the analyses
     RETRAIN_TASK: "train",
     REINDEX_TASK: "train",
     APPLY_CORRECTIONS_TASK: "train",

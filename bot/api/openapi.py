@@ -205,6 +205,386 @@ def _protected(operation: dict[str, Any]) -> dict[str, Any]:
     return {**operation, "responses": dict(sorted(responses.items()))}
 
 
+# --- the admin routes (bot/api/admin_api.py): the admin token only -----------------------------------------------
+
+ADMIN_SECURITY = [{"bearer": []}]  # the admin token, whether or not the user routes need one
+BOX = {
+    "type": "array",
+    "items": {"type": "number"},
+    "minItems": 4,
+    "maxItems": 4,
+    "description": "x1, y1, x2, y2",
+}
+ADMIN_CHARACTERS = {
+    "type": "object",
+    "required": ["characters"],
+    "properties": {
+        "characters": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "series", "references", "updated_at", "thumbnails"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "series": {"type": "string"},
+                    "references": {"type": "integer"},
+                    "updated_at": {
+                        "type": ["string", "null"],
+                        "description": "ISO 8601, of its newest reference",
+                    },
+                    "thumbnails": {
+                        "type": "array",
+                        "items": {"type": "string", "examples": ["/v1/admin/references/<sha256>.png"]},
+                        "description": "one per reference, oldest first (404 for those whose crop was not kept)",
+                    },
+                },
+            },
+        }
+    },
+}
+ADMIN_PREVIEW = {
+    "type": "object",
+    "required": ["pictures"],
+    "properties": {
+        "pictures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "filename", "width", "height", "heads", "chosen"],
+                "properties": {
+                    "index": {"type": "integer", "description": "0-based, in the order sent"},
+                    "filename": {"type": "string"},
+                    "width": {"type": "integer", "description": "as decoded (after the EXIF orientation)"},
+                    "height": {"type": "integer"},
+                    "heads": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["box", "score"],
+                            "properties": {"box": BOX, "score": {"type": "number"}},
+                        },
+                    },
+                    "chosen": {
+                        "type": ["integer", "null"],
+                        "description": "the head teaching would use (the largest); null: the whole picture",
+                    },
+                },
+            },
+        },
+        "detector": {"type": "boolean", "description": "false when the worker has no head detector"},
+    },
+}
+JOB_ACCEPTED = {
+    "type": "object",
+    "required": ["job_id"],
+    "properties": {"job_id": {"type": "string", "description": "follow it with GET /v1/admin/jobs/{job_id}"}},
+}
+REVIEW_ITEMS = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "kind",
+                    "job_id",
+                    "head",
+                    "name",
+                    "series",
+                    "predicted",
+                    "agreeing",
+                    "crop_url",
+                ],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["correction"]},
+                    "job_id": {"type": "string"},
+                    "head": {"type": "integer", "description": "1-based, as numbered on the picture"},
+                    "name": {"type": "string"},
+                    "series": {"type": "string"},
+                    "predicted": {"type": ["string", "null"], "description": "what the bot said"},
+                    "agreeing": {"type": "integer", "description": "different users giving this name"},
+                    "created_at": {"type": ["string", "null"]},
+                    "crop_url": {"type": ["string", "null"]},
+                },
+            },
+        }
+    },
+}
+REVIEWED = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {
+        "id": {"type": "integer"},
+        "status": {"type": "string", "enum": ["approved", "rejected"]},
+        "job_id": {"type": "string", "description": "approve: the job that makes the head a reference"},
+    },
+}
+ADMIN_JOB = {
+    "type": "object",
+    "required": ["id", "kind", "status", "progress", "created_at", "updated_at", "error"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "examples": ["characters.add", "retrain"]},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "subject": {"type": "string", "description": "the character or the model it is about"},
+        "progress": {
+            "type": "object",
+            "required": ["fraction"],
+            "description": "fraction (0-1) and what the job reports: stage, epoch, epochs, loss, eta_s",
+            "properties": {"fraction": {"type": "number"}, "stage": {"type": "string"}},
+        },
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+        "error": {"type": ["object", "null"]},
+        "result": {"description": "GET /v1/admin/jobs/{job_id} once done: its message and the rest"},
+    },
+}
+ADMIN_JOBS = {
+    "type": "object",
+    "required": ["jobs"],
+    "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/AdminJob"}}},
+}
+CANCELLING = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string", "enum": ["cancelling"]}},
+}
+MODEL = {
+    "type": "object",
+    "required": ["name", "format", "version", "active"],
+    "properties": {
+        "name": {"type": "string"},
+        "format": {"type": "string"},
+        "version": {"type": "string"},
+        "provenance": {"type": "string"},
+        "active": {"type": "boolean"},
+    },
+}
+MODELS = {
+    "type": "object",
+    "required": ["slots"],
+    "properties": {
+        "slots": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["slot", "active", "installed"],
+                "properties": {
+                    "slot": {"type": "string", "enum": ["detector", "embedder", "tagger", "captioner"]},
+                    "active": {"anyOf": [{"$ref": "#/components/schemas/Model"}, {"type": "null"}]},
+                    "installed": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+                },
+            },
+        }
+    },
+}
+WHOAMI = {"type": "object", "required": ["admin"], "properties": {"admin": {"const": True}}}
+ADMIN_SCHEMAS = {
+    "Whoami": WHOAMI,
+    "AdminCharacters": ADMIN_CHARACTERS,
+    "AdminPreview": ADMIN_PREVIEW,
+    "JobAccepted": JOB_ACCEPTED,
+    "ReviewItems": REVIEW_ITEMS,
+    "Reviewed": REVIEWED,
+    "AdminJob": ADMIN_JOB,
+    "AdminJobs": ADMIN_JOBS,
+    "Cancelling": CANCELLING,
+    "Model": MODEL,
+    "Models": MODELS,
+}
+PICTURES_FORM = {
+    "type": "array",
+    "items": {"type": "string", "format": "binary"},
+    "description": "1-20 pictures, each at most ANIBOT_MAX_IMAGE_BYTES",
+}
+NAME_QUERY = [
+    _query("name", "the character's name", required=True),
+    _query("series", "its series (optional)"),
+]
+SHA256_PATH = {
+    "name": "sha256",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "description": "the reference's id (from its thumbnail URL)",
+}
+CORRECTION_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+ADMIN_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PNG = {"description": "PNG", "content": {"image/png": {}}}
+
+
+def _admin(summary: str, responses: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """An admin operation: the admin bearer token, 403 without it, 500 with an error id."""
+    every = {
+        "401": _error("no bearer token where the server requires ANIBOT_API_TOKEN"),
+        "403": _error(
+            "not the admin token (forbidden), or the server has no ANIBOT_API_ADMIN_TOKEN (admin_off)"
+        ),
+        "500": _error("internal error (the message carries an error_id that is in the logs)"),
+    }
+    return {
+        "summary": summary,
+        "security": ADMIN_SECURITY,
+        **rest,
+        "responses": dict(sorted({**responses, **every}.items())),
+    }
+
+
+def _pictures_body(extra: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "required": required, "properties": {"image": PICTURES_FORM, **extra}}
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+def admin_paths() -> dict[str, Any]:
+    pictures_refused = "no picture, more than 20, one that is not a picture (its index), or a bad field"
+    return {
+        "/v1/admin/whoami": {
+            "get": _admin("Whether the token is the admin token", {"200": _json("the admin token", "Whoami")})
+        },
+        "/v1/admin/characters": {
+            "get": _admin(
+                "The characters the bot knows, with a thumbnail per reference",
+                {"200": _json("the characters", "AdminCharacters")},
+            ),
+            "post": _admin(
+                "Teach a character from 1-20 pictures (the job /addcharacter queues), with chosen regions",
+                {
+                    "202": _json("queued", "JobAccepted"),
+                    "400": _error(
+                        f"{pictures_refused}: no_name, bad_name, bad_boxes (not JSON or not one per picture), "
+                        "bad_box (outside its picture)"
+                    ),
+                    "408": _error("the upload was too slow"),
+                    "413": _error("a picture, or the whole request, is too large"),
+                    "503": _error("no training worker running: nothing was queued"),
+                },
+                requestBody=_pictures_body(
+                    {
+                        "name": {"type": "string"},
+                        "series": {"type": "string"},
+                        "boxes": {
+                            "type": "string",
+                            "description": "JSON list, one entry per picture in order: [x1, y1, x2, y2] (that "
+                            "region, in the picture's pixels) or null (the largest head)",
+                        },
+                    },
+                    ["image", "name"],
+                ),
+            ),
+            "delete": _admin(
+                "Forget a character (the job /removecharacter queues)",
+                {
+                    "202": _json("queued", "JobAccepted"),
+                    "400": _error("no or a bad name"),
+                    "404": _error("no such character"),
+                    "503": _error("no training worker running"),
+                },
+                parameters=NAME_QUERY,
+            ),
+        },
+        "/v1/admin/characters/preview": {
+            "post": _admin(
+                "The heads of each picture and the one teaching would use (found by a worker)",
+                {
+                    "200": _json("each picture's heads", "AdminPreview"),
+                    "400": _error(pictures_refused),
+                    "408": _error("the upload was too slow"),
+                    "413": _error("a picture, or the whole request, is too large"),
+                    "503": _error("no worker running, or too busy"),
+                },
+                requestBody=_pictures_body({}, ["image"]),
+            )
+        },
+        "/v1/admin/references/{sha256}.png": {
+            "get": _admin(
+                "A reference's head crop (at most 256 px a side)",
+                {"200": PNG, "404": _error("no crop kept for it")},
+                parameters=[SHA256_PATH],
+            )
+        },
+        "/v1/admin/references/{sha256}": {
+            "delete": _admin(
+                "Forget one reference of a character; the gallery is published without it",
+                {
+                    "202": _json("queued", "JobAccepted"),
+                    "400": _error("no or a bad name"),
+                    "404": _error("the character has no such reference"),
+                    "503": _error("no training worker running"),
+                },
+                parameters=[SHA256_PATH, *NAME_QUERY],
+            )
+        },
+        "/v1/admin/review": {
+            "get": _admin(
+                "The review queue: users' pending corrections, oldest first",
+                {"200": _json("pending corrections", "ReviewItems")},
+            )
+        },
+        "/v1/admin/review/{id}/crop.png": {
+            "get": _admin(
+                "The corrected head, cut from the kept picture",
+                {"200": PNG, "404": _error("no such correction, or its picture expired")},
+                parameters=[CORRECTION_ID],
+            )
+        },
+        "/v1/admin/review/{id}/approve": {
+            "post": _admin(
+                "Approve a correction: the head becomes a reference (job_id: the apply job)",
+                {
+                    "200": _json("approved", "Reviewed"),
+                    "404": _error("no such correction"),
+                    "409": _error("already reviewed"),
+                },
+                parameters=[CORRECTION_ID],
+            )
+        },
+        "/v1/admin/review/{id}/reject": {
+            "post": _admin(
+                "Reject a correction",
+                {
+                    "200": _json("rejected", "Reviewed"),
+                    "404": _error("no such correction"),
+                    "409": _error("already reviewed"),
+                },
+                parameters=[CORRECTION_ID],
+            )
+        },
+        "/v1/admin/jobs": {
+            "get": _admin(
+                "Admin jobs with their progress, newest first (as /jobs)",
+                {"200": _json("the jobs", "AdminJobs")},
+            )
+        },
+        "/v1/admin/jobs/{job_id}": {
+            "get": _admin(
+                "One admin job, with its result once done",
+                {"200": _json("the job", "AdminJob"), "404": _error("no such admin job, or expired")},
+                parameters=[ADMIN_JOB_ID],
+            )
+        },
+        "/v1/admin/jobs/{job_id}/cancel": {
+            "post": _admin(
+                "Cancel an admin job (it stops at its next step and changes nothing)",
+                {
+                    "200": _json("cancel requested", "Cancelling"),
+                    "404": _error("no such admin job"),
+                    "409": _error("already finished"),
+                },
+                parameters=[ADMIN_JOB_ID],
+            )
+        },
+        "/v1/admin/models": {
+            "get": _admin(
+                "The models installed in each slot and the active one", {"200": _json("models", "Models")}
+            )
+        },
+    }
+
+
 def openapi_document(*, auth: bool) -> dict[str, Any]:
     """The description; ``auth`` when the server requires a bearer token (then every route but the open
     ones, marked ``security: []``, needs it)."""
@@ -227,6 +607,7 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                 "Health": HEALTH,
                 "TaggedPicture": TAGGED_PICTURE,
                 "TagAnswer": TAG_ANSWER,
+                **ADMIN_SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -413,6 +794,7 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                     "responses": {"200": {"description": "HTML"}},
                 }
             },
+            **admin_paths(),
         },
     }
     for methods in document["paths"].values():

@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 
 MAX_REFERENCES = 20
 RETRAIN_TARGETS = ("identifier", "tagger", "detector")
-ADMIN_JOB_KINDS = ["characters.add", "characters.remove", "retrain", "reindex", "corrections.apply"]
+ADMIN_JOB_KINDS = [
+    "characters.add",
+    "characters.remove",
+    "characters.remove_reference",
+    "retrain",
+    "reindex",
+    "corrections.apply",
+]
 ADMIN_WAIT_S = 60.0  # how long the command waits to report the outcome; /jobs shows it afterwards
 RETRAIN_WAIT_S = 10.0  # training takes minutes: the command reports the queued job, /jobs its progress
 

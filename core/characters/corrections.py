@@ -14,7 +14,6 @@ picture and taught as a reference of the named character. A correction whose pic
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from core.characters.teaching import PreparedReference, TeachOutcome
+from core.characters.teaching import PreparedReference, TeachOutcome, reference_sha256
 from core.chat.store import Box, ChatStore, Correction, CorrectionStatus
 from core.vision.results import Box as ResultBox
 
@@ -37,13 +36,6 @@ AUTO_ACCEPT_WINDOW = timedelta(days=1)  # the per-person limit of auto-accepted 
 EXPIRED_REASON = "the picture expired before the correction was applied"
 # corrections that still count as a user's say (a rejected one does not)
 _STANDING = (CorrectionStatus.PENDING, CorrectionStatus.APPROVED, CorrectionStatus.APPLIED)
-
-
-def reference_sha256(image_sha256: str, box: Box) -> str:
-    """The identity of the reference a corrected head becomes: its picture and where the head is in it (one
-    picture can teach several heads; the same head approved twice adds one reference)."""
-    text = f"{image_sha256}:" + ",".join(f"{v:.1f}" for v in box)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def head_crop(image: Image.Image, box: Box) -> Image.Image:

@@ -2,13 +2,15 @@
 
 Each reference picture goes through the same head detection as a query. A reference must show one head: with
 several, the largest is used and the admin is told; with none (a picture that is already a face crop), the
-whole picture is used and the admin is told. Crops are kept in the shared folder (a retrained embedder embeds
-them again), embeddings go to the store, and an index build publishes a new gallery version that every worker
-loads on its next job.
+whole picture is used and the admin is told. An admin may choose the region instead (a box in the picture's
+pixels): then that region is the crop, and the reference's identity is the picture and the region. Crops are kept
+in the shared folder (a retrained embedder embeds them again), embeddings go to the store, and an index build
+publishes a new gallery version that every worker loads on its next job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ from PIL import Image
 from core.characters.gallery_versions import GalleryVersions, Published
 from core.characters.reference_crops import ReferenceCrops
 from core.storage.store import CharacterInfo, Store
-from core.vision.slots.base import Embedder, HeadDetector
+from core.vision.results import Box
+from core.vision.slots.base import Detection, Embedder, HeadDetector
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +39,59 @@ class PreparedReference:
     note: str = ""  # what was decided about this picture, for the admin ("3 heads: used the largest")
 
 
-def prepare_reference(
-    image: Image.Image, sha256: str, detector: HeadDetector | None, *, label: str = "picture"
-) -> PreparedReference:
-    """The head crop of one reference picture (the largest head; the whole picture when none is found)."""
-    found = detector.detect(image) if detector is not None else []
+RegionBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in the picture's pixels
+MIN_REGION_SIDE = 4  # a chosen region narrower or lower than this (pixels) cannot be a head
+
+
+def reference_sha256(image_sha256: str, box: RegionBox) -> str:
+    """The identity of a reference cut from a chosen region: its picture and where the head is in it (one picture
+    can teach several heads; the same region given twice adds one reference)."""
+    text = f"{image_sha256}:" + ",".join(f"{v:.1f}" for v in box)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def largest_head(found: Sequence[Detection]) -> int | None:
+    """The index of the head a reference picture is cut around when nobody chose one (the largest), or None when
+    there is no head (the whole picture is used)."""
     if not found:
+        return None
+    return max(range(len(found)), key=lambda i: found[i].box.width * found[i].box.height)
+
+
+def region_problem(box: Sequence[float], width: int, height: int) -> str | None:
+    """Why ``box`` cannot be a chosen region of a ``width`` x ``height`` picture, or None when it can."""
+    if len(box) != 4:
+        return "a region is four numbers: [x1, y1, x2, y2]"
+    x1, y1, x2, y2 = box
+    if not 0 <= x1 < x2 <= width or not 0 <= y1 < y2 <= height:
+        return f"the region {list(box)} is not inside the picture ({width}x{height})"
+    if x2 - x1 < MIN_REGION_SIDE or y2 - y1 < MIN_REGION_SIDE:
+        return f"the region {list(box)} is smaller than {MIN_REGION_SIDE}x{MIN_REGION_SIDE} pixels"
+    return None
+
+
+def prepare_reference(
+    image: Image.Image,
+    sha256: str,
+    detector: HeadDetector | None,
+    *,
+    label: str = "picture",
+    box: RegionBox | None = None,
+) -> PreparedReference:
+    """The head crop of one reference picture: the region ``box`` when the admin chose one, else the largest head
+    (the whole picture when none is found). A chosen region outside the picture raises ``ValueError``."""
+    if box is not None:
+        problem = region_problem(box, image.width, image.height)
+        if problem:
+            raise ValueError(f"{label}: {problem}")
+        crop = image.convert("RGB").crop(Box(*box).crop_region())
+        return PreparedReference(reference_sha256(sha256, box), crop, f"{label}: used the chosen region")
+    found = detector.detect(image) if detector is not None else []
+    chosen = largest_head(found)
+    if chosen is None:
         note = f"{label}: no head found, used the whole picture" if detector is not None else ""
         return PreparedReference(sha256, image.convert("RGB"), note)
-    box = max(found, key=lambda d: (d.box.x2 - d.box.x1) * (d.box.y2 - d.box.y1)).box
-    crop = image.convert("RGB").crop(box.crop_region())
+    crop = image.convert("RGB").crop(found[chosen].box.crop_region())
     note = f"{label}: {len(found)} heads, used the largest" if len(found) > 1 else ""
     return PreparedReference(sha256, crop, note)
 

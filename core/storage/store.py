@@ -470,6 +470,19 @@ class Store:
                 self._bump(s)
             return deleted
 
+    def delete_reference(self, name: str, series: str, image_sha256: str) -> bool:
+        """Forget one reference of a character (its embeddings of every embedder); the character stays, even
+        with no reference left. True when something was deleted (the gallery version then moved on)."""
+        with self.session() as s:
+            owner = select(Character.id).where(Character.name == name, Character.series == series)
+            stmt = delete(Reference).where(
+                Reference.character_id.in_(owner.scalar_subquery()), Reference.image_sha256 == image_sha256
+            )
+            deleted = bool(s.execute(stmt.returning(Reference.id)).all())
+            if deleted:
+                self._bump(s)
+            return deleted
+
     # --- analysis logs ---------------------------------------------------------------------------------
 
     def log_analysis(self, record: AnalysisLogRecord, heads: Sequence[HeadLogRecord] = ()) -> bool:
