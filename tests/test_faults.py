@@ -99,6 +99,23 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 # --- Redis restarted under a running bot and worker -----------------------------------------------------
 
 
+def test_asking_for_workers_after_a_redis_restart_uses_a_fresh_connection(own_redis):
+    """The broker connection pooled before a Redis restart is dead: asking who consumes a queue must not fail on
+    it (the first question after a restart raised "Connection closed by server" in CI), and a Redis that is
+    down still raises."""
+    from core.settings import Settings
+    from workers.client import STALE_CONNECTION_ERRORS, QueueClient
+
+    client = QueueClient(Settings(_env_file=None, redis_url=own_redis.url()))
+    assert client.workers_for("gpu", timeout_s=0.3) == 0  # a pooled broker connection now exists
+    own_redis.kill()
+    own_redis.start()
+    assert client.workers_for("gpu", timeout_s=0.3) == 0
+    own_redis.kill()
+    with pytest.raises(STALE_CONNECTION_ERRORS):  # kombu gives up after its few connection retries
+        client.workers_for("gpu", timeout_s=0.3)
+
+
 @pytest.mark.timeout(240)
 def test_redis_restarted_while_jobs_are_queued(own_redis, model_env, start_worker):
     """Redis is killed while four pictures are queued or running, and started again a few seconds later (its

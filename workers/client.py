@@ -6,11 +6,14 @@ Light by design (no torch, no task code): the task is sent by its registered nam
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
 
 from core.settings import Settings
@@ -20,6 +23,14 @@ from core.storage.result_cache import ResultCache
 from core.vision.intake import inspect_image
 from core.vision.results import AnalysisResult
 from workers.celery_app import ANALYZE_TASK, CATALOG_TASK, TASK_QUEUES, make_app
+
+log = logging.getLogger(__name__)
+
+# what a broker connection Redis closed (a restart) raises when next used
+STALE_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    kombu.exceptions.OperationalError,
+)
 
 
 class JobFailed(RuntimeError):
@@ -140,8 +151,18 @@ class QueueClient:
             return sum(int(n) for n in pipe.execute())
 
     def workers_for(self, queue: str, timeout_s: float = 1.0) -> int:
-        """Live workers consuming ``queue`` (asks over the broker: takes up to ``timeout_s``)."""
-        replies = self.app.control.inspect(timeout=timeout_s).active_queues() or {}
+        """Live workers consuming ``queue`` (asks over the broker: takes up to ``timeout_s``).
+
+        A Redis that restarted closed the broker connections pooled before: the first question on one fails
+        with "Connection closed by server". Those connections are dropped and the question asked once more; a
+        Redis still down raises as before."""
+        try:
+            replies = self.app.control.inspect(timeout=timeout_s).active_queues() or {}
+        except STALE_CONNECTION_ERRORS as exc:
+            log.info("asking for workers on %s: %s; asking again on a fresh connection", queue, exc)
+            with self.app.connection_for_write() as connection:
+                inspect = self.app.control.inspect(timeout=timeout_s, connection=connection)
+                replies = inspect.active_queues() or {}
         return sum(any(q.get("name") == queue for q in queues) for queues in replies.values())
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
