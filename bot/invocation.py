@@ -36,7 +36,9 @@ class Invocation:
     args: str = ""  # the words after the command name
     images: tuple[IncomingImage, ...] = ()
     is_chat_admin: bool = False  # may change this chat's settings (private chats: always)
-    has_admin_role: bool = False  # Discord: holds a role of ANIBOT_DISCORD_ADMIN_ROLES in a listed server
+    # an admin grant of the front-end: Discord, a role of ANIBOT_DISCORD_ADMIN_ROLES in a listed server; the REST
+    # API, the admin token (ANIBOT_API_ADMIN_TOKEN)
+    has_admin_role: bool = False
     channel_nsfw: bool = False  # NSFW pictures need no spoiler here
     message_id: str = ""
     full_size: bool = False  # also draw the full-size annotated PNG (the REST API, on request)

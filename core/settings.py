@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -279,6 +279,11 @@ class Settings(BaseSettings):
         description="Bearer token the REST API requires (at least 16 characters); empty = no authentication (keep "
         "it on loopback).",
     )
+    api_admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that makes a REST API caller (and the web page's admin pages) a bot admin (at "
+        "least 16 characters, different from ANIBOT_API_TOKEN); empty = the admin API and pages are off.",
+    )
 
     # --- tagging folders (core.tagging, `anibot tag`, POST /v1/tag) ----------------
     tag_implications: Path | None = Field(
@@ -364,22 +369,37 @@ class Settings(BaseSettings):
             )
         return n
 
-    @field_validator("discord_token", "telegram_token", "api_token", "hf_token", mode="before")
+    @field_validator(
+        "discord_token", "telegram_token", "api_token", "api_admin_token", "hf_token", mode="before"
+    )
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
         """``ANIBOT_API_TOKEN=`` (as .env.example has it) means no token, never an empty one that matches."""
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(raw, str) and not raw.strip() else value
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_admin_token")
     @classmethod
-    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+    def _long_enough(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if token is not None and len(token.get_secret_value().strip()) < MIN_API_TOKEN_CHARS:
+            variable = f"ANIBOT_{(info.field_name or 'api_token').upper()}"
             raise ValueError(
-                f"ANIBOT_API_TOKEN must be at least {MIN_API_TOKEN_CHARS} characters (or empty for no "
-                "authentication); make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                f"{variable} must be at least {MIN_API_TOKEN_CHARS} characters (or empty: "
+                + ("no authentication" if info.field_name == "api_token" else "admin API off")
+                + "); make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return token
+
+    @model_validator(mode="after")
+    def _admin_token_is_its_own(self) -> Settings:
+        """The admin token must not be the users' token: whoever may call the API would be an admin."""
+        if (
+            self.api_admin_token is not None
+            and self.api_token is not None
+            and self.api_admin_token.get_secret_value() == self.api_token.get_secret_value()
+        ):
+            raise ValueError("ANIBOT_API_ADMIN_TOKEN must differ from ANIBOT_API_TOKEN")
+        return self
 
     @field_validator("discord_admin_roles")
     @classmethod
