@@ -22,4 +22,14 @@ if ! fc-list 2>/dev/null | grep -qiE 'droid sans fallback|noto sans cjk|wenquany
     echo "note: install a CJK font (fonts-droid-fallback or fonts-noto-cjk) for non-Latin names" >&2
   fi
 fi
+# headless Chromium and its driver for the web page's browser tests (tests/test_web_browser.py skips without them)
+if [[ "$EXTRAS" == *dev* ]] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+      (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) || \
+      echo "note: could not install chromium and chromium-driver; the browser tests of the web page will skip" >&2
+  else
+    echo "note: install chromium and chromium-driver (Debian/Ubuntu) for the web page's browser tests" >&2
+  fi
+fi
 echo "anibot installed in .venv (extras: ${EXTRAS})"
