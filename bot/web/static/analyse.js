@@ -116,7 +116,8 @@ export function mount(root) {
       card.meter.remove();
       card.status.textContent = event.cached ? "Done (answered from the cache)." : "Done.";
       card.element.classList.add("done");
-      renderResult(card, event).catch((error) => fail(card, error.message || String(error)));
+      const { event: _line, ...answer } = event; // the body POST /v1/analyze answers
+      renderResult(card, answer).catch((error) => fail(card, error.message || String(error)));
     } else if (event.event === "error") {
       const error = event.error || {};
       fail(card, error.message || "The analysis failed.", error.code);
