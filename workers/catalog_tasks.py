@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 OPERATIONS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "recommend": lambda svc, kw: svc.recommend(kw.pop("title", None), **kw),
     "details": lambda svc, kw: svc.details(kw["title"]),
-    "search": lambda svc, kw: svc.search(kw["query"]),
+    "search": lambda svc, kw: svc.search(kw["query"], limit=kw.get("limit", 10), offset=kw.get("offset", 0)),
+    "genres": lambda svc, kw: svc.genres(),
     "favourites": lambda svc, kw: svc.favourites(
-        kw["op"], kw.get("title"), platform=kw["platform"], user_id=kw["user_id"]
+        kw["op"], kw.get("title"), platform=kw["platform"], user_id=kw["user_id"], anime_id=kw.get("anime_id")
     ),
 }
 

@@ -205,6 +205,199 @@ def _protected(operation: dict[str, Any]) -> dict[str, Any]:
     return {**operation, "responses": dict(sorted(responses.items()))}
 
 
+# --- the web page's user routes (bot/api/web_api.py) ------------------------------------------------------------
+
+ANIME_ITEM = {
+    "type": "object",
+    "required": ["id", "title"],
+    "description": "one anime, short (core.catalog.answers.AnimeSummary)",
+    "properties": {
+        "id": {"type": "integer", "description": "the catalogue's id: what /v1/favourites/{anime_id} takes"},
+        "mal_id": {"type": ["integer", "null"]},
+        "title": {"type": "string"},
+        "english_title": {"type": "string"},
+        "japanese_title": {"type": "string"},
+        "kind": {"type": "string", "examples": ["TV", "Movie"]},
+        "year": {"type": ["integer", "null"]},
+        "score": {"type": ["number", "null"]},
+        "genres": {"type": "array", "items": {"type": "string"}},
+        "mal_url": {"type": "string"},
+    },
+}
+ANIME_SEARCH = {
+    "type": "object",
+    "required": ["items", "page", "pages", "total"],
+    "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/AnimeItem"}},
+        "page": {"type": "integer"},
+        "pages": {"type": "integer", "description": "pages in all (at least 1)"},
+        "total": {"type": "integer", "description": "matches in all"},
+    },
+}
+GENRES = {
+    "type": "object",
+    "required": ["genres"],
+    "properties": {"genres": {"type": "array", "items": {"type": "string"}}},
+}
+FAVOURITES = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/AnimeItem"}},
+        "changed": {
+            "type": "boolean",
+            "description": "PUT/DELETE: false when it already was (or was not) one",
+        },
+    },
+}
+CORRECTION = {
+    "type": "object",
+    "required": ["correction_id", "status"],
+    "properties": {
+        "correction_id": {"type": "integer"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "approved"],
+            "description": "pending: an admin reviews it; approved: enough people agreed, it is being learnt",
+        },
+    },
+}
+ANALYSIS_EVENT = {
+    "type": "object",
+    "required": ["event"],
+    "description": "one line of POST /v1/analyze?stream=true: `queued` (job_id, position), `status` (job_id, "
+    "status, position: null while running, stage), then one `result` (the Analysis body's fields) or `error` "
+    "(status: the HTTP status the plain route would answer, error)",
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "status", "result", "error"]},
+        "job_id": {"type": "string"},
+        "position": {"type": ["integer", "null"], "description": "place in the gpu queue, 1 = next"},
+        "status": {"type": ["string", "integer"]},
+        "stage": {"type": ["string", "null"]},
+        "error": ERROR["properties"]["error"],
+    },
+}
+WEB_USER_SCHEMAS = {
+    "AnimeItem": ANIME_ITEM,
+    "AnimeSearch": ANIME_SEARCH,
+    "Genres": GENRES,
+    "Favourites": FAVOURITES,
+    "Correction": CORRECTION,
+    "AnalysisEvent": ANALYSIS_EVENT,
+}
+BROWSER = {
+    "name": "X-Anibot-Browser",
+    "in": "header",
+    "required": True,
+    "description": "the browser's own random id (22-64 of A-Z a-z 0-9 _ -): whose favourites these are",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22,64}$"},
+}
+ANIME_ID = {"name": "anime_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+RATE_LIMITED = {**_error("rate limited (see Retry-After)"), "headers": RETRY_AFTER}
+
+
+def _favourites_operation(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [BROWSER, ANIME_ID],
+        "responses": {
+            "200": _json("the favourites after it", "Favourites"),
+            "400": _error("no (valid) X-Anibot-Browser header (no_browser_id), or a bad anime id"),
+            "404": _error("no anime has this id"),
+            "429": RATE_LIMITED,
+            "503": _error("no worker running"),
+        },
+    }
+
+
+def web_user_paths() -> dict[str, Any]:
+    return {
+        "/v1/jobs/{job_id}/corrections": {
+            "post": {
+                "summary": "Wrong? Tell me who: correct a head of an analysis asked for through the API",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "head": {"type": "integer", "minimum": 1, "description": "default 1"},
+                                    "name": {"type": "string", "examples": ["Hatsune Miku"]},
+                                    "series": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json("the correction, recorded", "Correction"),
+                    "400": _error("not JSON, a bad name (bad_name) or no such head (bad_head)"),
+                    "404": _error("no such analysis (or not one asked for through the API), or expired"),
+                    "408": _error("the body was too slow to arrive (ANIBOT_API_READ_TIMEOUT_S)"),
+                    "409": _error("the analysis has not finished, or failed"),
+                    "413": _error("the body is too large"),
+                    "429": RATE_LIMITED,
+                },
+            }
+        },
+        "/v1/anime/search": {
+            "get": {
+                "summary": "Search anime by name and genre, a page at a time",
+                "parameters": [
+                    _query("q", "a name (fuzzy); /search's filters (type:TV) work too; none: most popular"),
+                    {
+                        **_query("genre", "a genre every match has (repeat for several, at most 5)"),
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "style": "form",
+                        "explode": True,
+                    },
+                    {
+                        **_query("page", "1 = the first (10 items a page)", kind="integer"),
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+                "responses": {
+                    "200": _json("a page of matches", "AnimeSearch"),
+                    "400": _error("page out of range, or too many genres"),
+                    "429": RATE_LIMITED,
+                    "503": _error("no worker running"),
+                },
+            }
+        },
+        "/v1/genres": {
+            "get": {
+                "summary": "Every genre of the catalogue (what search's genre takes)",
+                "responses": {
+                    "200": _json("the genres, sorted", "Genres"),
+                    "429": RATE_LIMITED,
+                    "503": _error("no worker running"),
+                },
+            }
+        },
+        "/v1/favourites": {
+            "get": {
+                "summary": "This browser's favourite anime",
+                "parameters": [BROWSER],
+                "responses": {
+                    "200": _json("the favourites", "Favourites"),
+                    "400": _error("no (valid) X-Anibot-Browser header (no_browser_id)"),
+                    "429": RATE_LIMITED,
+                    "503": _error("no worker running"),
+                },
+            }
+        },
+        "/v1/favourites/{anime_id}": {
+            "put": _favourites_operation("Add an anime (by its id) to this browser's favourites"),
+            "delete": _favourites_operation("Remove an anime (by its id) from this browser's favourites"),
+        },
+    }
+
+
 # --- the admin routes (bot/api/admin_api.py): the admin token only -----------------------------------------------
 
 ADMIN_SECURITY = [{"bearer": []}]  # the admin token, whether or not the user routes need one
@@ -607,6 +800,7 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                 "Health": HEALTH,
                 "TaggedPicture": TAGGED_PICTURE,
                 "TagAnswer": TAG_ANSWER,
+                **WEB_USER_SCHEMAS,
                 **ADMIN_SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -623,7 +817,15 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "boolean"},
                             "description": "also draw the full-size annotated PNG (annotated_png_url)",
-                        }
+                        },
+                        {
+                            "name": "stream",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "answer NDJSON lines (AnalysisEvent) as it goes: queued, status "
+                            "about every second, then the result or the error (bot/api/web_api.py)",
+                        },
                     ],
                     "requestBody": {
                         "required": True,
@@ -647,7 +849,15 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json("the analysis", "Analysis"),
+                        "200": {
+                            **_json("the analysis", "Analysis"),
+                            "content": {
+                                **_json("the analysis", "Analysis")["content"],
+                                "application/x-ndjson": {
+                                    "schema": {"$ref": "#/components/schemas/AnalysisEvent"}
+                                },
+                            },
+                        },
                         "400": _error("not an image, broken, unsupported format, or no image part"),
                         "408": _error("the upload was too slow (each part within ANIBOT_API_READ_TIMEOUT_S)"),
                         "413": _error("the file is too large (refused before it is read)"),
@@ -794,6 +1004,7 @@ def openapi_document(*, auth: bool) -> dict[str, Any]:
                     "responses": {"200": {"description": "HTML"}},
                 }
             },
+            **web_user_paths(),
             **admin_paths(),
         },
     }

@@ -171,7 +171,9 @@ async def identify(layer: CommandLayer, inv: Invocation, progress: Progress) -> 
             text = "Looking at your picture…" if len(images) == 1 else f"Looking at {len(jobs)} pictures…"
             if ahead:
                 text += f" ({ahead} ahead of you in the queue)"
-            await progress(Reply(kind=ReplyKind.ACK, text=text, data={"queue_position": ahead + 1}))
+            # the jobs being waited for go with it: the REST API's stream follows them (bot/api/web_api.py)
+            data = {"queue_position": ahead + 1, "job_ids": [job.id for job in pending]}
+            await progress(Reply(kind=ReplyKind.ACK, text=text, data=data))
         waited = await asyncio.gather(*(layer.waiter.wait(job, GPU_QUEUE) for _, job in jobs))
         for (index, _), outcome in zip(jobs, waited, strict=True):
             replies[index] = await _answer(layer, inv, outcome)

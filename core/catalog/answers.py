@@ -86,6 +86,8 @@ class AnimeSummary(_Answer):
     year: int | None = None
     score: float | None = None
     mal_url: str = ""
+    id: int | None = None  # the catalogue's id (the store's): what favourites are kept by
+    genres: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,8 @@ class RecommendItem(_Answer):
     mal_url: str = ""
     story: float = 0.0  # the normalised synopsis similarity, 0-1
     metadata: float = 0.0  # the normalised metadata similarity, 0-1
+    id: int | None = None
+    genres: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,7 @@ class AnimeDetails(_Answer):
     synopsis: str = ""
     mal_url: str = ""
     image_url: str = ""
+    id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,3 +179,10 @@ class FavouritesAnswer(_Answer):
     items: tuple[AnimeSummary, ...] = ()  # the favourites after the operation
     did_you_mean: tuple[str, ...] = ()
     message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenresAnswer(_Answer):
+    """Every genre in the catalogue, sorted: the values search's ``genre:`` filter takes."""
+
+    genres: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ from core.catalog.answers import (
     AnimeSummary,
     DetailsAnswer,
     FavouritesAnswer,
+    GenresAnswer,
     Lookup,
     RecommendAnswer,
     RecommendItem,
@@ -265,11 +266,13 @@ class CatalogService:
             Lookup.MATCHED, title, anime=details_of(self.catalogue().records[found.position])
         )
 
-    def search(self, query: str, *, limit: int = 10) -> SearchAnswer:
-        """``name genre:Action genre:"Slice of Life" type:TV``: every filter must hold; the name is fuzzy."""
+    def search(self, query: str, *, limit: int = 10, offset: int = 0) -> SearchAnswer:
+        """``name genre:Action genre:"Slice of Life" type:TV``: every filter must hold; the name is fuzzy.
+        Matches ``offset + 1`` to ``offset + limit``; ``total`` counts them all."""
         cat = self.catalogue()
         name, genres, kind = parse_search(query)
         limit = max(1, min(int(limit), MAX_N))
+        offset = max(0, int(offset))
         if not cat.records:
             return SearchAnswer(Lookup.EMPTY_CATALOGUE, query, name, genres, kind,
                                 message=self._not_found(Lookup.EMPTY_CATALOGUE, query))  # fmt: skip
@@ -289,14 +292,27 @@ class CatalogService:
             if any(g not in labels for g in wanted):
                 continue
             hits.append(p)
-        items = tuple(summary(cat.records[p]) for p in hits[:limit])
-        message = "" if items else f"Nothing found for “{query}”."
-        return SearchAnswer(Lookup.MATCHED if items else Lookup.NOT_FOUND, query, name, genres, kind, items,
+        items = tuple(summary(cat.records[p]) for p in hits[offset : offset + limit])
+        message = "" if items else f"Nothing found for “{query}”." if not hits else "No more matches."
+        return SearchAnswer(Lookup.MATCHED if hits else Lookup.NOT_FOUND, query, name, genres, kind, items,
                             len(hits), message)  # fmt: skip
 
+    def genres(self) -> GenresAnswer:
+        """Every genre in the catalogue, sorted case-insensitively."""
+        found = {g for r in self.catalogue().records for g in split_list(r.genres) if g}
+        return GenresAnswer(tuple(sorted(found, key=str.casefold)))
+
     def favourites(
-        self, op: Literal["add", "remove", "list"], title: str | None, *, platform: str, user_id: str
+        self,
+        op: Literal["add", "remove", "list"],
+        title: str | None,
+        *,
+        platform: str,
+        user_id: str,
+        anime_id: int | None = None,
     ) -> FavouritesAnswer:
+        """Add, remove or list a user's favourites; the title is fuzzy, an ``anime_id`` (the catalogue's id,
+        ``AnimeSummary.id``) names one exactly instead."""
         cat = self.catalogue()
         user_id = str(user_id)
 
@@ -309,6 +325,12 @@ class CatalogService:
                                     message="" if items else "No favourites yet: /fav add <title>.")  # fmt: skip
         if op not in ("add", "remove"):
             raise ValueError(f"unknown favourites operation {op!r}: add, remove or list")
+        if anime_id is not None:
+            position = cat.by_id.get(int(anime_id))
+            if position is None:
+                return FavouritesAnswer(op, Lookup.NOT_FOUND, items=listing(),
+                                        message=f"No anime has the id {anime_id}.")  # fmt: skip
+            return self._change_favourite(op, cat.records[position], platform, user_id, listing)
         if not title or not title.strip():
             return FavouritesAnswer(
                 op, Lookup.NOT_FOUND, items=listing(), message=f"Usage: /fav {op} <title>"
@@ -322,7 +344,16 @@ class CatalogService:
         if found.lookup is not Lookup.MATCHED or found.position is None:
             return FavouritesAnswer(op, found.lookup, did_you_mean=found.did_you_mean, items=listing(),
                                     message=self._not_found(found.lookup, title))  # fmt: skip
-        record = cat.records[found.position]
+        return self._change_favourite(op, cat.records[found.position], platform, user_id, listing)
+
+    def _change_favourite(
+        self,
+        op: Literal["add", "remove"],
+        record: AnimeRecord,
+        platform: str,
+        user_id: str,
+        listing: Callable[[], tuple[AnimeSummary, ...]],
+    ) -> FavouritesAnswer:
         assert record.id is not None
         if op == "add":
             changed = self.store.add_favourite(platform, user_id, record.id)
@@ -348,6 +379,8 @@ def _summary_fields(r: AnimeRecord) -> dict:
         "year": r.year,
         "score": r.score,
         "mal_url": mal_url(r.mal_id),
+        "id": r.id,
+        "genres": tuple(split_list(r.genres)),
     }
 
 
@@ -366,7 +399,6 @@ def details_of(r: AnimeRecord) -> AnimeDetails:
         status=r.status,
         members=r.members,
         studios=tuple(split_list(r.studios)),
-        genres=tuple(split_list(r.genres)),
         themes=tuple(split_list(r.themes)),
         demographic=r.demographic,
         source=r.source,
