@@ -15,11 +15,12 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from bot.api import tagging
+from bot.api import tagging, web_api
 from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
 from bot.api.parts import read_part
 from bot.commands.catalog import PAGE as RECOMMEND_PAGE
@@ -44,6 +45,7 @@ MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image
 MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
 MAX_PARTS = 16  # form parts in all: more is refused
 MAX_FIELD_BYTES = 1024
+TRUE_WORDS = ("1", "true", "yes")  # a query flag that is on
 OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -213,8 +215,19 @@ class Upload:
                 await self._take(part)
 
 
-async def analyze(request: web.Request) -> web.Response:
-    """The announced length first, then the caller's limits (rate, one job), and only then the picture is read."""
+@dataclass(frozen=True)
+class AnalyzeForm:
+    """A POST /v1/analyze request read up to its picture: what the layer is handed, and what shapes the answer."""
+
+    upload: Upload
+    inv: Invocation
+    top_n_text: str
+    full_size: bool
+
+
+async def analyze_form(request: web.Request) -> AnalyzeForm | web.Response:
+    """The form up to the image part (the picture itself is read by the layer, after the caller's limits), or
+    the error to answer: too large as announced, too slow, no image part, a bad top_n."""
     layer = request.app[LAYER]
     limit = layer.settings.max_image_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
@@ -231,19 +244,22 @@ async def analyze(request: web.Request) -> web.Response:
     top_n = ascii_int_in(top_n_text, 1, MAX_TOP_N) if top_n_text else None
     if top_n_text and top_n is None:
         return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
-
-    full_size = request.query.get("full_size", "").lower() in ("1", "true", "yes")
+    full_size = request.query.get("full_size", "").lower() in TRUE_WORDS
     inv = invocation(
         request, images=(IncomingImage(upload.image, filename=upload.filename),), full_size=full_size
     )
-    reply = (await layer.images(inv, explicit=True))[0]
+    return AnalyzeForm(upload, inv, top_n_text, full_size)
+
+
+async def analysis_response(form: AnalyzeForm, reply: Reply) -> web.Response:
+    """The answer of POST /v1/analyze to the layer's reply: the analysis (``top_n`` applied), or the refusal."""
     if reply.kind is not ReplyKind.RESULT or not reply.data:
         return reply_response(reply)
     try:
-        await upload.rest()
+        await form.upload.rest()
     except TimeoutError:
         return error_response(408, "timeout", UploadTimeout.default_message)
-    top_n_text = top_n_text or upload.fields.get("top_n", "")  # a top_n sent after the image
+    top_n_text = form.top_n_text or form.upload.fields.get("top_n", "")  # a top_n sent after the image
     top_n = ascii_int_in(top_n_text, 1, MAX_TOP_N) if top_n_text else None
     if top_n_text and top_n is None:
         return error_response(400, "bad_request", f"top_n must be a number from 1 to {MAX_TOP_N}.")
@@ -258,9 +274,22 @@ async def analyze(request: web.Request) -> web.Response:
         "result": result,
         "annotated_url": f"/v1/jobs/{job_id}/annotated.jpg",
     }
-    if full_size:
+    if form.full_size:
         body["annotated_png_url"] = f"/v1/jobs/{job_id}/annotated.png"
     return web.json_response(body)
+
+
+async def analyze(request: web.Request) -> web.Response | web.StreamResponse:
+    """The announced length first, then the caller's limits (rate, one job), and only then the picture is read.
+    With ``?stream=true`` the answer is NDJSON progress lines ending with the same body (bot.api.web_api)."""
+    form = await analyze_form(request)
+    if isinstance(form, web.Response):
+        return form
+    if request.query.get("stream", "").lower() in TRUE_WORDS:
+        return await web_api.analyze_stream(request, form)
+    layer = request.app[LAYER]
+    reply = (await layer.images(form.inv, explicit=True))[0]
+    return await analysis_response(form, reply)
 
 
 async def tag(request: web.Request) -> web.Response:
