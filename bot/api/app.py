@@ -7,8 +7,6 @@ bots (rate limits per caller, one running job per caller, the image size checked
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import html
 import json
 import logging
@@ -20,7 +18,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from bot.api import tagging, web_api
+from bot.api import admin_api, pages, tagging, web_api
+from bot.api.auth import SETTINGS, invocation, is_user
 from bot.api.openapi import MAX_RECOMMEND, MAX_TOP_N, openapi_document
 from bot.api.parts import read_part
 from bot.commands.catalog import PAGE as RECOMMEND_PAGE
@@ -30,7 +29,6 @@ from bot.numbers import ascii_int_in
 from bot.replies import Reply, ReplyKind
 from bot.waiting import WaitOutcome
 from core.chat.ratelimit import BucketRule
-from core.chat.store import ChatKind
 from core.settings import Settings
 from core.storage.jobs import Job, JobStatus
 from core.vision.intake import IntakeError, too_many_bytes
@@ -40,13 +38,19 @@ log = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("bot.api.access")  # never headers: the bearer token stays out of the logs
 
 LAYER: web.AppKey[CommandLayer] = web.AppKey("layer", CommandLayer)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image
 MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
 MAX_PARTS = 16  # form parts in all: more is refused
 MAX_FIELD_BYTES = 1024
 TRUE_WORDS = ("1", "true", "yes")  # a query flag that is on
-OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs"})
+OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs", "/"})
+OPEN_PREFIXES = ("/web/",)  # the web page's static files: no data in them, the page sends the token itself
+
+
+def is_open_path(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # HTTP status of each refusal code (anything else is 400)
@@ -87,28 +91,6 @@ def reply_response(reply: Reply) -> web.Response:
     return response
 
 
-def bearer_token(request: web.Request) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header ("" when there is none)."""
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def caller_id(request: web.Request, settings: Settings) -> str:
-    """Who is asking, for rate limits and the one-job lock: a digest of the token when the server requires one
-    (never the token itself: ids reach logs), else the client's address."""
-    token = bearer_token(request)
-    if settings.api_token is not None and token:
-        return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
-    return request.remote or "unknown"
-
-
-def invocation(request: web.Request, **kwargs: Any) -> Invocation:
-    settings = request.app[SETTINGS]
-    return Invocation(
-        platform="api", chat_id="api", user_id=caller_id(request, settings), chat_kind=ChatKind.API, **kwargs
-    )
-
-
 @web.middleware
 async def errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -131,15 +113,12 @@ async def errors(
 async def bearer_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    token = request.app[SETTINGS].api_token
-    if token is None or request.path in OPEN_PATHS:
+    if is_open_path(request.path) or is_user(request):
         return await handler(request)
-    if not hmac.compare_digest(bearer_token(request).encode(), token.get_secret_value().encode()):
-        log.warning("unauthorised %s %r from %s", request.method, request.path, request.remote)
-        response = error_response(401, "unauthorised", "A valid bearer token is required.")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    return await handler(request)
+    log.warning("unauthorised %s %r from %s", request.method, request.path, request.remote)
+    response = error_response(401, "unauthorised", "A valid bearer token is required.")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 class UploadTimeout(IntakeError):
@@ -529,6 +508,9 @@ ROUTES = [
     web.get("/v1/health", health),
     web.get("/v1/openapi.json", openapi),
     web.get("/v1/docs", docs),
+    *web_api.ROUTES,  # what the web page uses besides the routes above (bot/api/web_api.py)
+    *admin_api.ROUTES,  # /v1/admin/*: the admin token only (bot/api/admin_api.py)
+    *pages.ROUTES,  # the web page's static files (bot/api/pages.py, bot/web/)
 ]
 
 
