@@ -586,7 +586,15 @@ export function mount(root) {
                   ? h(
                       "ul",
                       { class: "installed" },
-                      slot.installed.map((m) => h("li", { text: describeModel(m) })),
+                      slot.installed.map((m) =>
+                        h(
+                          "li",
+                          { class: m.active ? "model active" : "model" },
+                          describeModel(m),
+                          m.active ? " (active)" : "",
+                          m.provenance ? h("p", { class: "hint", text: m.provenance }) : null,
+                        ),
+                      ),
                     )
                   : h("p", { class: "hint", text: "Nothing installed." }),
               ),
@@ -624,14 +632,9 @@ function referenceSha(path) {
   return match ? match[1] : null;
 }
 
-/** One model of a slot in words: its name and version, and the facts the server gave that are plain values. */
+/** One model of a slot in words: its name, version and format. */
 function describeModel(model) {
   if (!model || typeof model !== "object") return String(model);
-  const head = [model.name, model.version].filter((v) => v !== undefined && v !== null && v !== "").join(" ");
-  const extra = Object.entries(model)
-    .filter(([k, v]) => !["name", "version"].includes(k) && ["string", "number", "boolean"].includes(typeof v))
-    .slice(0, 4)
-    .map(([k, v]) => `${k}: ${v}`)
-    .join(", ");
-  return [head || "(unnamed)", extra ? `(${extra})` : ""].filter(Boolean).join(" ");
+  const name = [model.name, model.version].filter((v) => v !== undefined && v !== null && v !== "").join(" ");
+  return `${name || "(unnamed)"}${model.format ? ` (${model.format})` : ""}`;
 }
