@@ -710,6 +710,46 @@ def test_anime_search_details_recommendations_and_favourites(stack, browser):
     until(browser, lambda d: "None yet" in d.find_element(By.CSS_SELECTOR, ".favourites").text, 60, "removed")
 
 
+# a picture made in the page (a canvas), handed over as a drop on the drop zone, or as a paste
+HAND_OVER = """
+const [how, done] = [arguments[0], arguments[arguments.length - 1]];
+const canvas = document.createElement('canvas');
+canvas.width = 96; canvas.height = 64;
+const g = canvas.getContext('2d');
+g.fillStyle = how === 'drop' ? '#3a6' : '#a36'; g.fillRect(0, 0, 96, 64);
+canvas.toBlob((blob) => {
+  const data = new DataTransfer();
+  data.items.add(new File([blob], how + '.png', {type: 'image/png'}));
+  if (how === 'drop') {
+    document.querySelector('.analyse .drop-zone').dispatchEvent(
+      new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+  } else {
+    document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+  }
+  done(true);
+}, 'image/png');
+"""
+
+
+def test_a_picture_can_be_dropped_or_pasted(stack, browser):
+    open_page(browser, stack, "anime")
+    open_page(browser, stack, "analyse")  # a fresh page: no cards
+    use_token(browser, USER_TOKEN)
+    for how in ("drop", "paste"):
+        assert browser.execute_async_script(HAND_OVER, how)
+    cards = until(
+        browser,
+        lambda d: len(c := result_cards(d)) == 2 and all("done" in x.get_attribute("class") for x in c) and c,
+        ANALYSIS_S,
+        "the dropped and the pasted picture",
+        stack,
+    )
+    assert sorted(c.find_element(By.CSS_SELECTOR, ".card-title").text for c in cards) == [
+        "drop.png",
+        "paste.png",
+    ]
+
+
 def test_the_analyse_page_fits_a_phone_screen(stack, browser):
     picture = save_png(
         stack.pictures / "phone.png", render_scene(8_800_003, characters=["yuki"], size=(640, 448)).image
