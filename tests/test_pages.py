@@ -77,6 +77,8 @@ def test_root_redirects_and_the_page_is_served_with_strict_headers(tmp_path):
     async def test(client: TestClient) -> None:
         root = await client.get("/", allow_redirects=False)
         assert root.status == 302 and root.headers["Location"] == "/web/"
+        bare = await client.get("/web", allow_redirects=False)  # no slash, no token
+        assert bare.status == 302 and bare.headers["Location"] == "/web/"
         page = await client.get("/web/")  # open: the server's user token is not needed for the files
         assert page.status == 200, await page.text()
         assert page.headers["Content-Type"] == "text/html; charset=utf-8"

@@ -43,7 +43,7 @@ MAX_FIELDS = 8  # form fields besides the image (only top_n is used)
 MAX_PARTS = 16  # form parts in all: more is refused
 MAX_FIELD_BYTES = 1024
 TRUE_WORDS = ("1", "true", "yes")  # a query flag that is on
-OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs", "/"})
+OPEN_PATHS = frozenset({"/v1/health", "/v1/openapi.json", "/v1/docs", "/", "/web"})
 OPEN_PREFIXES = ("/web/",)  # the web page's static files: no data in them, the page sends the token itself
 
 

@@ -106,6 +106,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 ROUTES: list[web.RouteDef] = [
     web.get("/", root),
+    web.get("/web", root),  # typed without its slash
     web.get("/web/", index),
     web.get("/web/{name}", static_file),
 ]
