@@ -16,6 +16,7 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +238,25 @@ async def _worker_on(layer: CommandLayer, task: str) -> None:
         raise Refused(503, "unavailable", f"No worker on the {queue} queue is running; nothing was queued.")
 
 
+async def _queued(
+    request: web.Request,
+    layer: CommandLayer,
+    task: str,
+    kind: str,
+    params: dict[str, Any],
+    images: Sequence[bytes] = (),
+    what: str = "",
+) -> web.Response:
+    """Queue an admin job (refused at once when no worker consumes its queue) and answer 202 with its id."""
+    await _worker_on(layer, task)
+    inv = invocation(request)
+    job = await layer.run_sync(
+        layer.client.submit_task, task, kind, requester=inv.requester, params=params, images=images
+    )
+    log.info("admin job %s (%s%s) queued (%s)", job.id, kind, f", {what}" if what else "", inv.where())
+    return web.json_response({"job_id": job.id}, status=202)
+
+
 def admin_only(handler: Any) -> Any:
     """The admin check first, then the handler; a :class:`Refused` becomes its JSON error."""
 
@@ -356,28 +376,19 @@ async def add_character(request: web.Request) -> web.Response:
     name = _name(form.fields.get("name"), "name", required=True)
     series = _name(form.fields.get("series"), "series", required=False)
     boxes = parse_boxes(form.fields.get("boxes", ""), form.pictures)
-    await _worker_on(layer, ADD_CHARACTER_TASK)
-    inv = invocation(request)
     params: dict[str, Any] = {"name": name, "series": series}
     if boxes is not None and any(box is not None for box in boxes):
         params["boxes"] = boxes
-    job = await layer.run_sync(
-        layer.client.submit_task,
+    chosen = sum(box is not None for box in boxes or [])
+    return await _queued(
+        request,
+        layer,
         ADD_CHARACTER_TASK,
         "characters.add",
-        requester=inv.requester,
-        params=params,
+        params,
         images=[p.data for p in form.pictures],
+        what=f"{len(form.pictures)} pictures, {chosen} chosen regions",
     )
-    chosen = sum(box is not None for box in boxes or [])
-    log.info(
-        "admin job %s (characters.add, %d pictures, %d chosen regions) queued (%s)",
-        job.id,
-        len(form.pictures),
-        chosen,
-        inv.where(),
-    )
-    return web.json_response({"job_id": job.id}, status=202)
 
 
 def _who(request: web.Request) -> tuple[str, str]:
@@ -395,17 +406,9 @@ async def remove_character(request: web.Request) -> web.Response:
     if not is_known([(c.name, c.series) for c in known], name, series):
         label = f"{name} ({series})" if series else name
         raise Refused(404, "not_found", f"I don't know {label}.")
-    await _worker_on(layer, REMOVE_CHARACTER_TASK)
-    inv = invocation(request)
-    job = await layer.run_sync(
-        layer.client.submit_task,
-        REMOVE_CHARACTER_TASK,
-        "characters.remove",
-        requester=inv.requester,
-        params={"name": name, "series": series},
+    return await _queued(
+        request, layer, REMOVE_CHARACTER_TASK, "characters.remove", {"name": name, "series": series}
     )
-    log.info("admin job %s (characters.remove) queued (%s)", job.id, inv.where())
-    return web.json_response({"job_id": job.id}, status=202)
 
 
 async def remove_reference(request: web.Request) -> web.Response:
@@ -418,17 +421,14 @@ async def remove_reference(request: web.Request) -> web.Response:
     if not is_known(holders, name, series):
         label = f"{name} ({series})" if series else name
         raise Refused(404, "not_found", f"{label} has no reference {sha256[:12]}.")
-    await _worker_on(layer, REMOVE_REFERENCE_TASK)
-    inv = invocation(request)
-    job = await layer.run_sync(
-        layer.client.submit_task,
+    return await _queued(
+        request,
+        layer,
         REMOVE_REFERENCE_TASK,
         REMOVE_REFERENCE_KIND,
-        requester=inv.requester,
-        params={"name": name, "series": series, "reference": sha256},
+        {"name": name, "series": series, "reference": sha256},
+        what=sha256[:12],
     )
-    log.info("admin job %s (%s %s) queued (%s)", job.id, REMOVE_REFERENCE_KIND, sha256[:12], inv.where())
-    return web.json_response({"job_id": job.id}, status=202)
 
 
 # --- the review queue -----------------------------------------------------------------------------------
