@@ -10,7 +10,6 @@ the commands queue); this process never imports torch and never decodes an uploa
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -20,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from PIL import Image
 
 from bot.api.auth import admin_refusal, invocation
-from bot.api.parts import read_part
+from bot.api.parts import FormRefused, read_picture_form
 from bot.commands.admin import ADMIN_JOB_KINDS, MAX_REFERENCES
 from bot.commands.review import _crop_png, corrections_of, queue_apply
 from bot.numbers import ascii_int
@@ -130,33 +129,25 @@ async def read_pictures(request: web.Request, layer: CommandLayer) -> PictureFor
     if request.content_length is not None and request.content_length > budget:
         exc = too_many_bytes(request.content_length, budget)
         raise Refused(413, exc.code, exc.user_message)
-    if not request.content_type.startswith("multipart/"):
-        raise Refused(400, "no_image", "Send the pictures as multipart form parts named 'image'.")
-    form = PictureForm()
     try:
-        async with asyncio.timeout(settings.api_read_timeout_s):
-            reader = await request.multipart()
-            parts = 0
-            async for part in reader:
-                parts += 1
-                if parts > MAX_PICTURES + MAX_FIELDS:
-                    raise Refused(400, "bad_request", f"At most {MAX_PICTURES + MAX_FIELDS} form parts.")
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "image":
-                    if len(form.pictures) >= MAX_PICTURES:
-                        raise Refused(400, "too_many_images", f"At most {MAX_PICTURES} pictures at once.")
-                    data = await read_part(part, settings.max_image_bytes)
-                    name = (part.filename or f"picture {len(form.pictures) + 1}")[:100]
-                    form.pictures.append(Picture(name, data))
-                else:
-                    value = (await read_part(part, MAX_FIELD_BYTES)).decode(errors="replace")
-                    if part.name and len(form.fields) < MAX_FIELDS:
-                        form.fields.setdefault(part.name, value)
+        read = await read_picture_form(
+            request,
+            max_pictures=MAX_PICTURES,
+            max_image_bytes=settings.max_image_bytes,
+            max_fields=MAX_FIELDS,
+            max_field_bytes=MAX_FIELD_BYTES,
+            timeout_s=settings.api_read_timeout_s,
+            unnamed=lambda index: f"picture {index + 1}",
+            too_many=f"At most {MAX_PICTURES} pictures at once.",
+            keep_fields=MAX_FIELDS,
+        )
+    except FormRefused as exc:
+        raise Refused(400, exc.code, str(exc)) from None
     except TimeoutError:
         raise Refused(408, "timeout", "The upload was too slow; send the pictures again.") from None
     except IntakeError as exc:  # a part over the size limit, refused as it arrived
         raise Refused(_api().STATUS_OF_CODE.get(exc.code, 400), exc.code, exc.user_message) from None
+    form = PictureForm([Picture(name, data) for name, data in read.pictures], read.fields)
     if not form.pictures:
         raise Refused(400, "no_image", f"Send 1-{MAX_PICTURES} pictures as form parts named 'image'.")
     for index, picture in enumerate(form.pictures):

@@ -54,8 +54,9 @@ def caller_id(request: web.Request, settings: Settings) -> str:
     """Who is asking, for rate limits and the one-job lock: a digest of the token when the server checks tokens
     (never the token itself: ids reach logs), else the client's address."""
     token = bearer_token(request)
-    if token and (settings.api_token is not None or is_admin(request)):
-        prefix = "admin-" if is_admin(request) else "token-"
+    admin = is_admin(request)
+    if token and (settings.api_token is not None or admin):
+        prefix = "admin-" if admin else "token-"
         return prefix + hashlib.sha256(token.encode()).hexdigest()[:12]
     return request.remote or "unknown"
 

@@ -9,17 +9,15 @@ and the options, every one optional: ``general``, ``character`` (0-1), ``rating`
 
 from __future__ import annotations
 
-import asyncio
 import math
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from bot.api.openapi import MAX_TAGS
-from bot.api.parts import read_part
+from bot.api.parts import NOT_MULTIPART, FormRefused, PictureForm, read_picture_form
 from core.settings import Settings
 from core.tagging.captions import CaptionOptions, caption_text, parse_tag_list, select_tags
 from core.tagging.implications import Implications
@@ -40,38 +38,23 @@ class BadForm(ValueError):
         self.status = status
 
 
-@dataclass
-class TagForm:
-    pictures: list[tuple[str, bytes]] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
-
-
-async def read_form(request: web.Request, settings: Settings) -> TagForm:
+async def read_form(request: web.Request, settings: Settings) -> PictureForm:
     """The pictures and the option fields, every read bounded (bytes, parts, time)."""
-    if not request.content_type.startswith("multipart/"):
-        raise BadForm("no_image", "Send the pictures as multipart form parts named 'image'.")
-    form = TagForm()
-    max_images = settings.tag_max_images
-    async with asyncio.timeout(settings.api_read_timeout_s):
-        reader = await request.multipart()
-        parts = 0
-        async for part in reader:
-            parts += 1
-            if parts > max_images + MAX_OPTION_FIELDS:
-                raise BadForm("bad_request", f"At most {max_images + MAX_OPTION_FIELDS} form parts.")
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "image":
-                if len(form.pictures) >= max_images:
-                    raise BadForm("too_many_images", f"At most {max_images} pictures a request.")
-                data = await read_part(part, settings.max_image_bytes)
-                form.pictures.append(((part.filename or f"image-{len(form.pictures)}")[:100], data))
-            else:
-                value = (await read_part(part, MAX_OPTION_BYTES)).decode(errors="replace")
-                if part.name:
-                    form.fields.setdefault(part.name, value)
+    try:
+        form = await read_picture_form(
+            request,
+            max_pictures=settings.tag_max_images,
+            max_image_bytes=settings.max_image_bytes,
+            max_fields=MAX_OPTION_FIELDS,
+            max_field_bytes=MAX_OPTION_BYTES,
+            timeout_s=settings.api_read_timeout_s,
+            unnamed=lambda index: f"image-{index}",
+            too_many=f"At most {settings.tag_max_images} pictures a request.",
+        )
+    except FormRefused as exc:
+        raise BadForm(exc.code, str(exc)) from None
     if not form.pictures:
-        raise BadForm("no_image", "Send the pictures as multipart form parts named 'image'.")
+        raise BadForm("no_image", NOT_MULTIPART)
     return form
 
 
