@@ -39,17 +39,23 @@ def copy_built_state(built_models: Path, data_dir: Path) -> None:
         shutil.copytree(built_models / "shared", data_dir / "shared", dirs_exist_ok=True)
 
 
+def stack_env(built_models: Path, root: Path, redis_url: str) -> dict[str, str]:
+    """The environment of a stack of processes over the built models: its own copy of their state (database,
+    shared folder) under ``root``, and ``redis_url``."""
+    copy_built_state(built_models, root)
+    return {
+        "ANIBOT_MODELS_DIR": str(built_models / "models"),
+        "ANIBOT_DATA_DIR": str(root),
+        "ANIBOT_DATABASE_URL": f"sqlite:///{root / 'anibot.db'}",
+        "ANIBOT_REDIS_URL": redis_url,
+        "ANIBOT_LOG_LEVEL": "INFO",
+    }
+
+
 @pytest.fixture
 def model_env(built_models: Path, tmp_path: Path) -> dict[str, str]:
     """Environment of a process using the built models with its own copy of the gallery store."""
-    copy_built_state(built_models, tmp_path)
-    return {
-        "ANIBOT_MODELS_DIR": str(built_models / "models"),
-        "ANIBOT_DATA_DIR": str(tmp_path),
-        "ANIBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'anibot.db'}",
-        "ANIBOT_REDIS_URL": TEST_REDIS_URL,
-        "ANIBOT_LOG_LEVEL": "INFO",
-    }
+    return stack_env(built_models, tmp_path, TEST_REDIS_URL)
 
 
 @pytest.fixture
@@ -215,14 +221,7 @@ def fresh_id() -> str:
 def bot_stack(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotStack]:
     kv = empty_redis(BOT_REDIS_URL)
     root = tmp_path_factory.mktemp("bot-stack")
-    copy_built_state(built_models, root)
-    env = {
-        "ANIBOT_MODELS_DIR": str(built_models / "models"),
-        "ANIBOT_DATA_DIR": str(root),
-        "ANIBOT_DATABASE_URL": f"sqlite:///{root / 'anibot.db'}",
-        "ANIBOT_REDIS_URL": BOT_REDIS_URL,
-        "ANIBOT_LOG_LEVEL": "INFO",
-    }
+    env = stack_env(built_models, root, BOT_REDIS_URL)
     worker = WorkerProcess(env, root / "worker.log", "gpu,cpu,train")
     stack = BotStack(env, worker)
     from workers.client import QueueClient

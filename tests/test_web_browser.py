@@ -50,7 +50,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from core.datasets.synth import CAST_BY_KEY, render_portrait, render_scene  # noqa: E402
 from core.vision.results import UNKNOWN  # noqa: E402
-from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess, copy_built_state, empty_redis, wait_for  # noqa: E402
+from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess, empty_redis, stack_env, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.queue
 
@@ -136,14 +136,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def stack(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     kv = empty_redis(TEST_REDIS_URL)
     root = tmp_path_factory.mktemp("web-stack")
-    copy_built_state(built_models, root)
-    env = {
-        "ANIBOT_MODELS_DIR": str(built_models / "models"),
-        "ANIBOT_DATA_DIR": str(root),
-        "ANIBOT_DATABASE_URL": f"sqlite:///{root / 'anibot.db'}",
-        "ANIBOT_REDIS_URL": TEST_REDIS_URL,
-        "ANIBOT_LOG_LEVEL": "INFO",
-    }
+    env = stack_env(built_models, root, TEST_REDIS_URL)
     worker = WorkerProcess(env, root / "worker.log", "gpu,cpu,train")
     port = free_port()
     api_env = {
