@@ -48,8 +48,35 @@ def detector(
     faces: FacesOption = None,
     scenes: Annotated[int, typer.Option(min=1, help="Held-out pictures per set.")] = 200,
     out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
+    pictures: Annotated[
+        Path | None,
+        typer.Option(
+            "--pictures",
+            help="Real labelled pictures instead of drawn scenes: a folder with labels.json "
+            "or Pascal VOC .xml files.",
+        ),
+    ] = None,
+    peer: Annotated[
+        str,
+        typer.Option(help="With --pictures: the detector to compare with, when its package is installed."),
+    ] = "animeface",
+    no_peer: Annotated[bool, typer.Option("--no-peer", help="With --pictures: measure ours alone.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="With --pictures: only the first N pictures.")
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class",
+            help="With --pictures: only boxes of this name (VOC object name, labels.json kind); repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Head detection: mAP50 and mAP50-95 on held-out drawn scenes and scenes with pasted real (test) heads."""
+    """Head detection: mAP50 and mAP50-95 on held-out drawn scenes and scenes with pasted real (test) heads;
+    with --pictures, precision/recall/F1 and mAP on real labelled pictures, beside a peer detector."""
+    if pictures is not None:
+        _detector_on_pictures(pictures, out=out, peer=None if no_peer else peer, limit=limit, classes=classes)
+        return
     from core.evaluation.detection import (
         detection_markdown,
         evaluate_detector,
@@ -71,6 +98,56 @@ def detector(
     out.mkdir(parents=True, exist_ok=True)
     (out / "detector.md").write_text(text, encoding="utf-8")
     for plot in write_detection_plots(reports, out):
+        console.print(f"wrote {plot}")
+    print(text)
+
+
+def _detector_on_pictures(
+    folder: Path, *, out: Path, peer: str | None, limit: int | None, classes: list[str] | None
+) -> None:
+    """``anibot eval detector --pictures``: ours (and the peer) on a labelled folder; writes
+    ``detector-pictures.md`` and its PNGs under ``out``."""
+    from core.evaluation.peer_detectors import PEERS, load_peer
+    from core.evaluation.picture_folders import PictureFolderError, load_picture_folder
+    from core.evaluation.picture_plots import write_picture_plots
+    from core.evaluation.real_pictures import evaluate_on_pictures, pictures_markdown
+
+    if peer is not None and peer not in PEERS:
+        console.print(
+            f"[red]unknown peer detector {peer!r} (known: {', '.join(sorted(PEERS))}); or --no-peer[/red]"
+        )
+        raise typer.Exit(2)
+    try:
+        labelled = load_picture_folder(folder, classes=classes, limit=limit)
+    except PictureFolderError as error:
+        console.print(str(error), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    model, manifest = _installed("detector")
+    operating = float(getattr(model, "confidence", manifest.thresholds.get("confidence", 0.35)))
+    detectors = {"ours": (model, operating)}
+    if peer is not None:
+        loaded = load_peer(peer)
+        if loaded.detector is None:
+            console.print(f"peer {peer} skipped: {loaded.reason}", markup=False, soft_wrap=True)
+        else:
+            detectors["peer"] = (loaded.detector, loaded.operating_confidence)
+    console.print(
+        f"{len(labelled.pictures)} pictures, {labelled.n_boxes} boxes ({labelled.layout}) in {folder}"
+    )
+    reports = {
+        name: evaluate_on_pictures(found, labelled.pictures, operating_confidence)
+        for name, (found, operating_confidence) in detectors.items()
+    }
+    note = (
+        f"Folder `{folder}` ({labelled.layout})"
+        + (f", classes {', '.join(classes)}" if classes else "")
+        + "."
+    )
+    text = pictures_markdown(reports, "Head detection on real pictures", note)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detector-pictures.md").write_text(text, encoding="utf-8")
+    console.print(f"wrote {out / 'detector-pictures.md'}")
+    for plot in write_picture_plots(reports, labelled.pictures, out):
         console.print(f"wrote {plot}")
     print(text)
 

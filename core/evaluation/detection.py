@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.vision.slots.base import HeadDetector
+from core.vision.slots.base import Detection, HeadDetector
 
 BoxT = tuple[float, float, float, float]
 IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
@@ -25,6 +25,7 @@ class LabelledPicture:
     image: Image.Image
     boxes: list[BoxT]
     has_real: bool = False
+    name: str = ""  # where the picture came from (a file of a labelled folder), for reports
 
 
 def heldout_pictures(
@@ -56,12 +57,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def match(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy COCO matching, best score first: whether each prediction is a true positive at ``iou``."""
+def assign(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy COCO matching, best score first: the truth box each prediction matches at ``iou``, or -1."""
     order = np.argsort(-scores, kind="stable")
     ious = iou_matrix(pred, truth)
     taken = np.zeros(len(truth), bool)
-    tp = np.zeros(len(pred), bool)
+    matched = np.full(len(pred), -1, int)
     for i in order:
         if len(truth) == 0:
             break
@@ -69,8 +70,32 @@ def match(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou: float) -
         j = int(np.argmax(candidates))
         if candidates[j] >= iou:
             taken[j] = True
-            tp[i] = True
-    return tp
+            matched[i] = j
+    return matched
+
+
+def match(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy COCO matching, best score first: whether each prediction is a true positive at ``iou``."""
+    return assign(pred, scores, truth, iou) >= 0
+
+
+def detect_all(detector: HeadDetector, images: Sequence[Image.Image]) -> list[list[Detection]]:
+    """Every detection down to confidence 0.001 (as ultralytics' val does) of each image; a detector with a
+    ``confidence`` attribute gets it back afterwards."""
+    before = getattr(detector, "confidence", None)
+    if before is not None:
+        detector.confidence = 0.001  # type: ignore[attr-defined]
+    try:
+        return [detector.detect(image) for image in images]
+    finally:
+        if before is not None:
+            detector.confidence = before  # type: ignore[attr-defined]
+
+
+def as_arrays(detections: Sequence[Detection]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) as x1, y1, x2, y2 and scores (N,) of ``detections``."""
+    boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in detections], float).reshape(-1, 4)
+    return boxes, np.array([d.score for d in detections], float)
 
 
 def average_precision(
@@ -108,14 +133,7 @@ def evaluate_detector(
     detector: HeadDetector, pictures: Sequence[LabelledPicture], *, operating_confidence: float
 ) -> DetectionReport:
     """mAP over ``pictures`` with every detection down to confidence 0.001 (as ultralytics' val does)."""
-    before = getattr(detector, "confidence", None)
-    if before is not None:
-        detector.confidence = 0.001  # type: ignore[attr-defined]
-    try:
-        found = [detector.detect(p.image) for p in pictures]
-    finally:
-        if before is not None:
-            detector.confidence = before  # type: ignore[attr-defined]
+    found = detect_all(detector, [p.image for p in pictures])
     n_truth = sum(len(p.boxes) for p in pictures)
     scores = np.array([d.score for dets in found for d in dets])
     ap_per_iou: dict[float, float] = {}
@@ -125,12 +143,7 @@ def evaluate_detector(
         tp = (
             np.concatenate(
                 [
-                    match(
-                        np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in dets]).reshape(-1, 4),
-                        np.array([d.score for d in dets]),
-                        np.array(p.boxes, float).reshape(-1, 4),
-                        float(iou),
-                    )
+                    match(*as_arrays(dets), np.array(p.boxes, float).reshape(-1, 4), float(iou))
                     for dets, p in zip(found, pictures, strict=True)
                 ]
             )
