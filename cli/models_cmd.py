@@ -302,6 +302,31 @@ def pull_model(
     report_pull(entry, result, installed_folder(settings.models_dir, entry))
 
 
+@models_app.command("use-animeface")
+def use_animeface(
+    activate: Annotated[
+        bool, typer.Option("--activate/--no-activate", help="Make it the active detector.")
+    ] = False,
+) -> None:
+    """Install nagadomi's animeface-2009 face detector (the PyPI package, nothing to download) as a detector."""
+    from core.vision.slots import animeface_detector
+
+    settings = get_settings()
+    if not animeface_detector.animeface_available():
+        fail(
+            f"animeface is not usable here: pip install {animeface_detector.REQUIREMENT} (x86_64, Python 3.11)"
+        )
+    try:
+        manifest = animeface_detector.install_animeface(settings.models_dir, activate=activate)
+    except OSError as exc:  # the models folder: permissions, a full disk
+        fail(f"could not install animeface into {settings.models_dir}: {exc}")
+    say(f"Installed {manifest.name} ({manifest.slot}, {manifest.format}) in {manifest.folder}.")
+    if activate:
+        say(f"Active detector: {manifest.name}.")
+    else:
+        say("Not activated: `anibot models use-animeface --activate` makes it the active detector.")
+
+
 @models_app.command("catalog")
 def show_catalog(
     name: Annotated[str | None, typer.Argument(help="Show this model's files, URLs and digests.")] = None,

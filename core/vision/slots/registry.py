@@ -31,6 +31,7 @@ ACTIVE_FILE = "active.json"
 LOADERS: dict[str, str] = {
     "yolo-onnx": "core.vision.slots.detector:OnnxYoloDetector.from_manifest",
     "yolo-pt": "core.vision.slots.detector:UltralyticsDetector.from_manifest",
+    "animeface": "core.vision.slots.animeface_detector:AnimeFaceDetector.from_manifest",
     "onnx-embedder": "core.vision.slots.embedder:OnnxEmbedder.from_manifest",
     "timm-embedder": "core.vision.slots.embedder:TimmEmbedder.from_manifest",
     "wd14-onnx": "core.vision.slots.tagger:Wd14Tagger.from_manifest",
