@@ -124,11 +124,21 @@ def build(
     smoke: Annotated[bool, typer.Option(help="A few training steps only (checks the build path).")] = False,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     faces: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--faces",
             file_okay=False,
-            help="Also train on a real face set (<dir>/{train,test}/<character>/*); default: ANIBOT_FACES_DIR.",
+            help="Also train on a real face set (repeatable): <dir>/{train,test}/<character>/* or "
+            "<dir>/<character>/*; default: ANIBOT_FACES_DIR and ANIBOT_MORE_FACES_DIRS.",
+        ),
+    ] = None,
+    pictures: Annotated[
+        Path | None,
+        typer.Option(
+            "--pictures",
+            file_okay=False,
+            help="Also train the detector on real pictures with boxes (labels.json or Pascal VOC; its train part); "
+            "default: ANIBOT_PICTURES_DIR.",
         ),
     ] = None,
 ) -> None:
@@ -136,10 +146,22 @@ def build(
     from core.learning.starter.build import BUILDERS, missing_slots
 
     settings = get_settings()
-    if faces is not None:
-        if not (faces / "train").is_dir():
-            fail(f"{faces}: no train/ folder of character folders", code=2)
-        settings = settings.model_copy(update={"faces_dir": faces})
+    if faces:
+        for folder in faces:
+            if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+                fail(
+                    f"{folder}: no character folders (<dir>/<character>/* or <dir>/train/<character>/*)",
+                    code=2,
+                )
+        settings = settings.model_copy(update={"faces_dir": faces[0], "more_faces_dirs": list(faces[1:])})
+    if pictures is not None:
+        from core.evaluation.picture_folders import PictureFolderError, folder_layout
+
+        try:
+            folder_layout(pictures)
+        except PictureFolderError as exc:
+            fail(str(exc), code=2)
+        settings = settings.model_copy(update={"pictures_dir": pictures})
     wanted = slot or list(BUILDERS)
     unknown = sorted(set(wanted) - set(BUILDERS))
     if unknown:

@@ -87,6 +87,17 @@ class Settings(BaseSettings):
         description="Real face crops, <dir>/{train,test}/<character>/*: used by `models build` and `eval`; "
         "empty = synthetic data only.",
     )
+    more_faces_dirs: list[Path] = Field(
+        default_factory=list,
+        description="More real face sets for `models build` (the embedder and tagger): each <dir>/{train,test}/"
+        "<character>/* or <dir>/<character>/* (split by a hash of each file name); a JSON list.",
+    )
+    pictures_dir: Path | None = Field(
+        None,
+        description="Real pictures with head or face boxes (labels.json or Pascal VOC): `models build` trains the "
+        "detector on their train part and picks its threshold on their val part; `eval detector` reports their "
+        "test part. Empty = drawn scenes only.",
+    )
 
     # --- queue -------------------------------------------------------------------
     redis_url: str = Field(

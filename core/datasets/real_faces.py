@@ -66,10 +66,13 @@ class FaceSplits:
 
 def load_face_splits(root: Path, *, val_fraction: float = 0.15, seed: int = 0) -> FaceSplits:
     """The set's train split divided into train and validation (``val_fraction`` of each character, at least
-    one image), and its test split as it is."""
+    one image), and its test split as it is. A flat set (``<root>/<character>/*``) is split by a hash of each file
+    name instead (:func:`core.datasets.face_sets.split_flat`)."""
     data = load_folder_dataset(root)
-    if "test" not in data:
-        raise ValueError(f"{root}: expected train/ and test/ folders of character folders")
+    if "all" in data:
+        from core.datasets.face_sets import split_flat
+
+        return split_flat(data["all"])
     rng = random.Random(seed)
     train: list[LabelledImage] = []
     val: list[LabelledImage] = []

@@ -24,6 +24,7 @@ Measured on 2 CPU cores while another training job shared them, defaults (160 sc
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 import warnings
@@ -32,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from core.learning.retrain.base import (
@@ -251,6 +253,88 @@ def _export(work: Path, base: Manifest, imgsz: int) -> dict[str, Path]:
     return {role: path for role, path in files.items() if role in base.files}
 
 
+# --- the pretrained-backbone starter (core.learning.starter.lite_detector): the project's own training loop ----
+
+
+def _lite_pools(seeds: Iterable[int], faces: list[Image.Image], real_share: float, settings: Settings):
+    """Scenes with the taught crops pasted in and, with ``Settings.pictures_dir``, its train pictures (half the
+    samples: the real pictures keep the detector on real art while it learns the taught heads)."""
+    from core.datasets.detection_scenes import render_detection_scene
+    from core.learning.starter.lite_detector import BoxedPicture, load_labelled_pictures, picture_split
+
+    scenes = []
+    for s in seeds:
+        image, boxes = render_detection_scene(s, faces or None, real_share)
+        scenes.append(BoxedPicture(image.convert("RGB"), np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    pools = [(scenes, 1.0)]
+    if settings.pictures_dir is not None:
+        real = [p for p in load_labelled_pictures(settings.pictures_dir) if picture_split(p.name) == "train"]
+        if real:
+            pools = [(scenes, 0.5), (real, 0.5)]
+    return pools
+
+
+def _train_lite(ctx: TrainingContext, work: Path, state: dict[str, Any], base: Manifest, pools: Any) -> None:
+    """Fine-tune the lite detector; a checkpoint (network, optimizer, schedule, step) after every epoch."""
+    import torch
+
+    from core.learning.starter.lite_detector import LITE_BATCH, TrainingRun, load_network, save_weights
+
+    epochs, checkpoint = state["epochs"], work / "checkpoint.pt"
+    per_epoch_steps = max(1, math.ceil(state["n_train"] / LITE_BATCH))
+    net = load_network(base.path("torch"))
+    run = TrainingRun(
+        net,
+        steps=epochs * per_epoch_steps,
+        batch=LITE_BATCH,
+        imgsz=state["imgsz"],
+        lr=state["learning_rate"],
+        seed=state["seed"],
+        mosaic_share=0.5,
+        freeze_blocks=3,
+        warmup=False,
+    )
+    if state["epochs_done"] > 0 and checkpoint.is_file():
+        run.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
+    started, first_epoch = time.monotonic(), state["epochs_done"]
+    for epoch in range(state["epochs_done"] + 1, epochs + 1):
+        run.train(pools, until=epoch * per_epoch_steps)
+        partial = work / "checkpoint.pt.partial"
+        torch.save(run.state_dict(), partial)
+        partial.replace(checkpoint)
+        state["epochs_done"] = epoch
+        write_json(work / STATE_FILE, state)
+        per_epoch = (time.monotonic() - started) / max(1, epoch - first_epoch)
+        ctx.progress(
+            TrainProgress(
+                stage="training",
+                fraction=round(0.05 + 0.8 * epoch / epochs, 4),
+                epoch=epoch,
+                epochs=epochs,
+                loss=round(float(np.mean(run.losses[-per_epoch_steps:])), 4),
+                eta_s=round(per_epoch * (epochs - epoch), 1),
+            )
+        )
+        if epoch < epochs and ctx.slice_over():
+            raise SliceEnded(f"{TARGET} retraining paused after epoch {epoch}/{epochs}")
+    save_weights(net, work / "final.pt")
+    state["trained"] = True
+    write_json(work / STATE_FILE, state)
+
+
+def _export_lite(work: Path, base: Manifest, imgsz: int) -> dict[str, Path]:
+    from core.learning.starter.lite_detector import load_network, write_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx = write_onnx(load_network(work / "final.pt"), work / "final.onnx", int(base.input_size or imgsz))
+    return {"onnx": onnx, "torch": work / "final.pt"}
+
+
+def _is_lite(base: Manifest) -> bool:
+    return base.format == "yolo-onnx" and "torch" in base.files and bool(base.extra.get("backbone"))
+
+
 def retrain_detector(inputs: RetrainInputs, ctx: TrainingContext) -> RetrainOutcome:
     settings, work = inputs.settings, Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -259,15 +343,19 @@ def retrain_detector(inputs: RetrainInputs, ctx: TrainingContext) -> RetrainOutc
         return done
     state = read_json(work / STATE_FILE)
     base = base_manifest(inputs, state, TARGET)
-    if "pt" not in base.files or base.format not in ("yolo-onnx", "yolo-pt") or not base.path("pt").is_file():
+    lite = _is_lite(base) and base.path("torch").is_file()
+    if not lite and (
+        "pt" not in base.files or base.format not in ("yolo-onnx", "yolo-pt") or not base.path("pt").is_file()
+    ):
         raise NothingToLearn(
             f"the active detector {base.name} has no trainable ultralytics weights (.pt): it can only be replaced "
             "(`anibot models build detector` trains a starter detector that can be retrained)"
         )
     stage_progress(ctx, "preparing", 0.0)
-    from core.vision.slots.ultralytics_env import ultralytics_offline
+    if not lite:
+        from core.vision.slots.ultralytics_env import ultralytics_offline
 
-    ultralytics_offline(settings.data_dir / "ultralytics")
+        ultralytics_offline(settings.data_dir / "ultralytics")
     if state is None:
         opts = job_options(ctx, DEFAULTS)
         state = {
@@ -279,7 +367,7 @@ def retrain_detector(inputs: RetrainInputs, ctx: TrainingContext) -> RetrainOutc
             "n_train": opts["n_train"],
             "n_heldout": opts["n_heldout"],
             "real_share": float(opts["real_share"]),
-            "imgsz": int(base.input_size or base.extra.get("imgsz") or 256),
+            "imgsz": int(base.extra.get("imgsz") or base.input_size or 256),
             "epochs_done": 0,
             "trained": False,
             "train_s": 0.0,
@@ -289,24 +377,29 @@ def retrain_detector(inputs: RetrainInputs, ctx: TrainingContext) -> RetrainOutc
     real_train, real_test = _face_pools(settings, state["seed"])
     pool = [crop for _, crop in train_refs] + real_train
     first = RETRAIN_SEED_BASE + state["seed"] * 10_000
-    from ultralytics import YOLO
+    seeds = range(first, first + state["n_train"])
+    if lite:
+        pools = _lite_pools(seeds, pool, state["real_share"], settings)
+    else:
+        from ultralytics import YOLO
 
-    names = {int(k): str(v) for k, v in (YOLO(str(base.path("pt"))).names or {0: "head"}).items()}
-    data_yaml = _write_dataset(
-        work / "dataset", range(first, first + state["n_train"]), pool, state["real_share"], names
-    )
+        names = {int(k): str(v) for k, v in (YOLO(str(base.path("pt"))).names or {0: "head"}).items()}
+        data_yaml = _write_dataset(work / "dataset", seeds, pool, state["real_share"], names)
     stage_progress(ctx, "preparing", 0.05)
     if not state["trained"]:
         train_started = time.monotonic()
         try:
-            _train(ctx, work, state, base.path("pt"), data_yaml, settings)
+            if lite:
+                _train_lite(ctx, work, state, base, pools)
+            else:
+                _train(ctx, work, state, base.path("pt"), data_yaml, settings)
         finally:
             state["train_s"] = round(state.get("train_s", 0.0) + time.monotonic() - train_started, 1)
             write_json(work / STATE_FILE, state)
 
     stage_progress(ctx, "evaluating", 0.85)
     eval_started = time.monotonic()
-    files = _export(work, base, state["imgsz"])
+    files = (_export_lite if lite else _export)(work, base, state["imgsz"])
     name = retrained_name(base.name, ctx.job_id)
     candidate_dir = work / "candidate"
     shutil.rmtree(candidate_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """``anibot models build``: train every starter model here, offline, and install it in the models folder.
 
-Builders that accept ``faces_dir`` also train on the real face set of ``Settings.faces_dir`` when it is set.
+Builders take the real data they accept, by parameter name: ``faces_dir`` (``Settings.faces_dir``), ``faces_dirs``
+(it and ``Settings.more_faces_dirs``) and ``pictures_dir`` (``Settings.pictures_dir``, pictures with boxes).
 Each builder trains through the project's own code and writes the same formats the community's models ship in
 (YOLO ONNX, an ONNX embedder, a WD14 tagger, a Hugging Face ``from_pretrained`` captioner), so one loading path
 serves both. The embedder build also enrols the synthetic cast in the character gallery.
@@ -26,14 +27,14 @@ Progress = Callable[[str, float], None]
 
 # slot -> "module:function(out_dir, *, seed, progress, **budget) -> Manifest"
 BUILDERS: dict[str, str] = {
-    "detector": "core.learning.starter.detector:train_starter_detector",
+    "detector": "core.learning.starter.lite_detector:train_lite_detector",
     "embedder": "core.learning.starter.embedder:train_starter_embedder",
     "tagger": "core.learning.starter.tagger:train_starter_tagger",
     "captioner": "core.learning.starter.captioner:train_starter_captioner",
 }
 # tiny budgets: a few steps each, for tests of the build path (models are not expected to be good)
 SMOKE_BUDGETS: dict[str, dict[str, Any]] = {
-    "detector": {"n_train": 6, "n_val": 2, "epochs": 1, "imgsz": 64},
+    "detector": {"steps": 2, "batch": 2, "imgsz": 96, "export_size": 128, "n_synthetic": 6},
     "embedder": {"epochs": 1, "steps_per_epoch": 2, "input_size": 32},
     "tagger": {"n_train": 8, "epochs": 1, "input_size": 64},
     "captioner": {
@@ -59,6 +60,21 @@ def missing_slots(settings: Settings) -> list[str]:
     ]
 
 
+def real_data_options(settings: Settings, builder: Callable[..., Manifest]) -> dict[str, Any]:
+    """The real data of ``settings`` that ``builder`` takes, by its parameter names."""
+    accepted = inspect.signature(builder).parameters
+    faces = [d for d in (settings.faces_dir, *settings.more_faces_dirs) if d is not None]
+    offered: dict[str, Any] = {
+        "faces_dir": settings.faces_dir,
+        "faces_dirs": faces or None,
+        "pictures_dir": settings.pictures_dir,
+    }
+    options = {k: v for k, v in offered.items() if k in accepted and v is not None}
+    if "faces_dirs" in options:
+        options.pop("faces_dir", None)  # the list holds it
+    return options
+
+
 def build_slot(
     settings: Settings,
     slot: str,
@@ -71,9 +87,7 @@ def build_slot(
     with tempfile.TemporaryDirectory(prefix=f"anibot-build-{slot}-") as tmp:
         staging = Path(tmp) / "model"
         builder = _builder(slot)
-        options = dict(budget or {})
-        if settings.faces_dir is not None and "faces_dir" in inspect.signature(builder).parameters:
-            options.setdefault("faces_dir", settings.faces_dir)
+        options = {**real_data_options(settings, builder), **(budget or {})}
         manifest = builder(staging, seed=seed, progress=progress, **options)
         target = settings.models_dir / slot / manifest.name
         if target.exists():
