@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -71,11 +72,20 @@ def detector(
             help="With --pictures: only boxes of this name (VOC object name, labels.json kind); repeatable.",
         ),
     ] = None,
+    part: Annotated[
+        str,
+        typer.Option(
+            help="With --pictures: all, train, val or test (the detector build's split by file-name hash); "
+            "auto = test when the installed detector trained on this folder, else all.",
+        ),
+    ] = "auto",
 ) -> None:
     """Head detection: mAP50 and mAP50-95 on held-out drawn scenes and scenes with pasted real (test) heads;
     with --pictures, precision/recall/F1 and mAP on real labelled pictures, beside a peer detector."""
     if pictures is not None:
-        _detector_on_pictures(pictures, out=out, peer=None if no_peer else peer, limit=limit, classes=classes)
+        _detector_on_pictures(
+            pictures, out=out, peer=None if no_peer else peer, limit=limit, classes=classes, part=part
+        )
         return
     from core.evaluation.detection import (
         detection_markdown,
@@ -102,8 +112,22 @@ def detector(
     print(text)
 
 
+PARTS = ("auto", "all", "train", "val", "test")
+
+
+def _trained_on(manifest, folder: Path) -> bool:
+    used = (manifest.extra or {}).get("pictures")
+    return bool(used) and Path(used).resolve() == folder.resolve()
+
+
 def _detector_on_pictures(
-    folder: Path, *, out: Path, peer: str | None, limit: int | None, classes: list[str] | None
+    folder: Path,
+    *,
+    out: Path,
+    peer: str | None,
+    limit: int | None,
+    classes: list[str] | None,
+    part: str = "all",
 ) -> None:
     """``anibot eval detector --pictures``: ours (and the peer) on a labelled folder; writes
     ``detector-pictures.md`` and its PNGs under ``out``."""
@@ -117,12 +141,30 @@ def _detector_on_pictures(
             f"[red]unknown peer detector {peer!r} (known: {', '.join(sorted(PEERS))}); or --no-peer[/red]"
         )
         raise typer.Exit(2)
+    if part not in PARTS:
+        console.print(f"[red]--part must be one of {', '.join(PARTS)}[/red]")
+        raise typer.Exit(2)
     try:
-        labelled = load_picture_folder(folder, classes=classes, limit=limit)
+        labelled = load_picture_folder(folder, classes=classes)
     except PictureFolderError as error:
         console.print(str(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     model, manifest = _installed("detector")
+    if part == "auto":
+        part = "test" if _trained_on(manifest, folder) else "all"
+        if part == "test":
+            console.print(
+                f"{manifest.name} trained on {folder}: measuring its test part only (--part to choose)"
+            )
+    if part != "all":
+        from core.evaluation.picture_folders import picture_split
+
+        labelled = replace(labelled, pictures=[p for p in labelled.pictures if picture_split(p.name) == part])
+    if limit is not None:
+        labelled = replace(labelled, pictures=labelled.pictures[:limit])
+    if not labelled.pictures:
+        console.print(f"[red]{folder}: no pictures in its {part} part[/red]")
+        raise typer.Exit(2)
     operating = float(getattr(model, "confidence", manifest.thresholds.get("confidence", 0.35)))
     detectors = {"ours": (model, operating)}
     if peer is not None:
@@ -139,7 +181,9 @@ def _detector_on_pictures(
         for name, (found, operating_confidence) in detectors.items()
     }
     note = (
-        f"Folder `{folder}` ({labelled.layout})"
+        f"Folder `{folder}` ({labelled.layout}"
+        + (f", its {part} part" if part != "all" else "")
+        + ")"
         + (f", classes {', '.join(classes)}" if classes else "")
         + "."
     )

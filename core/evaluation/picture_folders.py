@@ -19,6 +19,7 @@ a picture left without boxes stays in, as a picture where nothing should be foun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection
@@ -231,3 +232,18 @@ def load_picture_folder(
     if not entries:
         raise PictureFolderError(f"{folder}: its {layout.name} labels list no pictures")
     return PictureFolder(folder, layout.name, [_picture(labels, folder) for labels in entries])
+
+
+# the detector build's split of a picture folder: train (65 %), val (10 %: the threshold), test (25 %: reports)
+SPLIT_SHARES = {"train": 0.65, "val": 0.10, "test": 0.25}
+
+
+def picture_split(name: str) -> str:
+    """``train``, ``val`` or ``test`` for a picture, from a hash of its file name: stable in any folder."""
+    value = int(hashlib.sha256(Path(name).name.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    edge = 0.0
+    for split, share in SPLIT_SHARES.items():
+        edge += share
+        if value < edge:
+            return split
+    return "test"
