@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -46,7 +46,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from core.characters.gallery import Calibration, Gallery, GalleryItem, fit_threshold_and_calibration
-from core.datasets.real_faces import DEFAULT_UNSEEN, FaceSplits, load_face_splits, load_images
+from core.datasets.folders import LabelledImage
+from core.datasets.real_faces import DEFAULT_UNSEEN, FaceSplits, load_images
 from core.datasets.synth import (
     ACCESSORIES,
     BACKGROUNDS,
@@ -266,40 +267,140 @@ def augment(sample: HeadSample, size: int, rng: random.Random) -> Image.Image:
 # --- model --------------------------------------------------------------------------------------------------
 
 
-def _build_model(backbone: str, dim: int, thumbnail: int = 0):
+def colour_centres(bins: int) -> np.ndarray:
+    """(bins**3, 3) RGB bin centres in [0, 1]: the palette of :func:`_build_model`'s soft colour histogram."""
+    axis = (np.arange(bins, dtype=np.float32) + 0.5) / bins
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def _build_model(
+    backbone: str,
+    dim: int,
+    thumbnail: int = 0,
+    *,
+    colour_bins: int = 0,
+    colour_fusion: float = 0.0,
+    frozen_blocks: int = 0,
+    pretrained: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
     import timm
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    class EmbeddingNet(nn.Module):
-        """timm backbone -> linear projection -> batch norm -> L2 normalisation.
+    from core.learning.pretrained import BACKBONES, build_efficientnet_lite
 
-        The batch norm removes the component every pooled feature vector shares, so embeddings of a network
-        trained from scratch start spread over the sphere instead of collapsed near one point. With
-        ``thumbnail`` > 0 the projection also sees a ``thumbnail`` x ``thumbnail`` average-pooled copy of the
-        input: the layout of colours (hair above and beside the face, the eyes), which identifies a character
-        and which a network trained from scratch in minutes otherwise learns slowly.
+    class LiteFeatures(nn.Module):
+        """A pretrained EfficientNet-Lite's pooled features; the stem and the first ``frozen`` blocks stay fixed
+        (no gradient, batch norm in eval mode): faster steps, and the low-level ImageNet filters kept."""
+
+        def __init__(self, frozen: int) -> None:
+            super().__init__()
+            net = build_efficientnet_lite(backbone, pretrained=pretrained)
+            net._fc = nn.Identity()  # the ImageNet classifier is not used (and not saved)
+            self.net = net
+            self.frozen = max(0, min(frozen, len(net._blocks)))
+            fixed = [net._conv_stem, net._bn0, *net._blocks[: self.frozen]] if self.frozen else []
+            self.fixed = fixed
+            for module in fixed:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            for module in self.fixed:
+                module.eval()
+            return self
+
+        def forward(self, x):
+            net = self.net
+            if self.frozen:
+                with torch.no_grad():
+                    x = net.stem(x)
+                    for block in net._blocks[: self.frozen]:
+                        x = block(x)
+                start = self.frozen
+            else:
+                x, start = net.stem(x), 0
+            for block in net._blocks[start:]:
+                x = block(x)
+            x = net.act(net._bn1(net._conv_head(x)))
+            return x.mean(dim=(2, 3))
+
+    class EmbeddingNet(nn.Module):
+        """backbone -> [pooled features, colour cues] -> linear projection -> batch norm -> L2 normalisation.
+
+        The backbone is a pretrained EfficientNet-Lite (core.learning.pretrained) fine-tuned here, or a timm
+        network trained from scratch. Colour cues: a ``thumbnail`` x ``thumbnail`` average-pooled copy of the
+        input (the layout of colours) and a soft histogram over a ``colour_bins``**3 RGB palette of the whole
+        crop and of its upper half (the hair), square-rooted; both batch-normalised. With ``colour_fusion`` > 0
+        the output is the L2-normalised concatenation of the learned embedding and ``colour_fusion`` times the
+        L2-normalised histogram (a fixed, untrained colour match beside the learned one).
         """
 
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+            if backbone in BACKBONES:
+                self.backbone = LiteFeatures(frozen_blocks)
+            else:
+                self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
             with torch.no_grad():  # num_features is not always the pooled width (a conv head after pooling)
                 width = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
             self.backbone.train()
             self.thumbnail = thumbnail
+            self.colour_bins = colour_bins
+            self.colour_fusion = float(colour_fusion)
+            self.register_buffer(
+                "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+            )
+            self.register_buffer(
+                "std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+            )
+            n_colours = colour_bins**3 if colour_bins else 0
+            self.register_buffer(
+                "centres",
+                torch.from_numpy(colour_centres(colour_bins)).view(1, n_colours, 3, 1, 1)
+                if colour_bins
+                else torch.zeros(1),
+                persistent=False,
+            )
             extra = 3 * thumbnail * thumbnail
             self.thumb_norm = nn.BatchNorm1d(extra) if thumbnail else nn.Identity()
-            self.proj = nn.Linear(width + extra, dim, bias=False)
+            self.hist_norm = nn.BatchNorm1d(2 * n_colours) if colour_bins else nn.Identity()
+            self.proj = nn.Linear(width + extra + 2 * n_colours, dim, bias=False)
             self.neck = nn.BatchNorm1d(dim)
 
-        def forward(self, x):
-            features = self.backbone(x)
+        def histogram(self, x):
+            """(n, 2 * bins**3): square-rooted soft colour histograms of the crop and of its upper half."""
+            rgb = (x * self.std + self.mean).clamp(0.0, 1.0)
+            small = F.adaptive_avg_pool2d(rgb, 8)  # (n, 3, 8, 8)
+            d2 = ((small[:, None] - self.centres) ** 2).sum(dim=2)  # (n, K, 8, 8)
+            sigma = 0.5 / self.colour_bins
+            weights = torch.softmax(-d2 / (2 * sigma * sigma), dim=1)
+            whole = weights.mean(dim=(2, 3))
+            upper = weights[:, :, :4, :].mean(dim=(2, 3))
+            return torch.sqrt(torch.cat([whole, upper], dim=1) + 1e-6)
+
+        def learned(self, x):
+            """The trained embedding (L2-normalised): what the metric-learning loss sees."""
+            parts = [self.backbone(x)]
             if self.thumbnail:
-                thumb = F.adaptive_avg_pool2d(x, self.thumbnail).flatten(1)
-                features = torch.cat([features, self.thumb_norm(thumb)], dim=1)
-            return F.normalize(self.neck(self.proj(features)), dim=1)
+                parts.append(self.thumb_norm(F.adaptive_avg_pool2d(x, self.thumbnail).flatten(1)))
+            hist = None
+            if self.colour_bins:
+                hist = self.histogram(x)
+                parts.append(self.hist_norm(hist))
+            return F.normalize(self.neck(self.proj(torch.cat(parts, dim=1))), dim=1), hist
+
+        def forward(self, x):
+            emb, hist = self.learned(x)
+            if self.colour_fusion > 0 and hist is not None:
+                emb = F.normalize(
+                    torch.cat([emb, self.colour_fusion * F.normalize(hist, dim=1)], dim=1), dim=1
+                )
+            return emb
 
     return EmbeddingNet()
 
@@ -308,10 +409,17 @@ def load_eager(manifest: Manifest):
     """The embedding network of a starter embedder manifest in eager torch (eval mode), from its ``model.pt``."""
     import torch
 
+    extra = manifest.extra
     model = _build_model(
-        manifest.extra["backbone"],
-        int(manifest.extra["embedding_dim"]),
-        int(manifest.extra.get("thumbnail", 0)),
+        extra["backbone"],
+        int(extra.get("projection_dim", extra["embedding_dim"])),
+        int(extra.get("thumbnail", 0)),
+        colour_bins=int(extra.get("colour_bins", 0)),
+        colour_fusion=float(extra.get("colour_fusion", 0.0)),
+        frozen_blocks=int(extra.get("frozen_blocks", 0)),
+        pretrained=False,
+        mean=tuple(extra.get("mean", IMAGENET_MEAN)),
+        std=tuple(extra.get("std", IMAGENET_STD)),
     )
     model.load_state_dict(torch.load(manifest.path("torch"), map_location="cpu", weights_only=True))
     return model.eval()
@@ -345,9 +453,9 @@ def evaluate(
     """Searches of fresh scene-head crops against a gallery of ``refs_per_character`` head crops per character.
 
     Known queries (all characters) search the full gallery; "unknown" queries (the holdout characters) search
-    a gallery without the holdout characters. Threshold and calibration are fitted on the even scenes (plus
-    ``also_fit_on``: known similarities, whether each top-1 was right, unknown similarities, e.g. of real faces)
-    and reported on the odd ones.
+    a gallery without the holdout characters. Threshold and calibration are fitted on ``also_fit_on`` (known
+    similarities, whether each top-1 was right, unknown similarities of real validation faces) when given, else on
+    the even scenes; the unknown precision/recall are reported on the odd scenes.
     """
     keys = [c.key for c in CAST]
     # the gallery holds head crops, as deployment enrols them (core.characters.starter_cast crops each reference's head)
@@ -384,14 +492,13 @@ def evaluate(
     unknown_parity = parity_a[is_holdout]
 
     fit_k, fit_u = parity_a == 0, unknown_parity == 0
-    fit = [known_sims[fit_k]], [known_correct[fit_k]], [unknown_sims[fit_u]]
-    if also_fit_on is not None:
-        for bucket, values in zip(fit, also_fit_on, strict=True):
-            bucket.append(values)
-    # with real faces (top-1 often wrong) the plain accuracy of the decision; balancing would reject nearly all
-    threshold, calibration = fit_threshold_and_calibration(
-        *(np.concatenate(b) for b in fit), balanced=also_fit_on is None
-    )
+    if also_fit_on is not None:  # real validation pictures: what deployment meets, not drawn heads
+        # the plain accuracy of the decision: real top-1 is wrong more often, balancing would reject too much
+        threshold, calibration = fit_threshold_and_calibration(*also_fit_on, balanced=False)
+    else:
+        threshold, calibration = fit_threshold_and_calibration(
+            known_sims[fit_k], known_correct[fit_k], unknown_sims[fit_u], balanced=True
+        )
     # report on the other half: "unknown" is the positive class
     rep_k, rep_u = parity_a == 1, unknown_parity == 1
     said_unknown_k = known_sims[rep_k] < threshold
@@ -483,21 +590,41 @@ def _supcon(emb, labels, temperature: float):
     return per_anchor.mean()
 
 
+def real_training_items(
+    splits: FaceSplits, excluded: Collection[str]
+) -> tuple[list[str], list[LabelledImage]]:
+    """(characters trained on, their training images): the train split less every ``excluded`` character."""
+    names = [n for n in splits.labels if n not in excluded]
+    keep = set(names)
+    return names, [i for i in splits.train if i.label in keep]
+
+
+def _face_roots(faces_dir: Path | None, faces_dirs: Sequence[Path] | None) -> list[Path]:
+    """``faces_dirs`` and the single ``faces_dir`` (kept for ``Settings.faces_dir``), without repeats."""
+    roots: list[Path] = [Path(r) for r in faces_dirs or ()]
+    if faces_dir is not None and Path(faces_dir) not in roots:
+        roots.insert(0, Path(faces_dir))
+    return roots
+
+
 def train_starter_embedder(
     out_dir: str | Path,
     *,
-    epochs: int = 24,
-    steps_per_epoch: int = 50,
+    epochs: int = 6,
+    steps_per_epoch: int = 45,
     batch_size: int = 48,
     views: int = 3,
-    input_size: int = 80,
+    input_size: int = 112,
     seed: int = 0,
     holdout: tuple[str, ...] = DEFAULT_HOLDOUT,
-    backbone: str = "mobilenetv3_small_100",
+    backbone: str = "efficientnet_lite0",
+    pretrained: bool = True,
+    frozen_blocks: int = 3,
+    backbone_lr_scale: float = 0.3,
     embedding_dim: int = 128,
-    lr: float = 3e-3,
-    n_scenes: int = 300,
-    portraits_per_character: int = 40,
+    lr: float = 2e-3,
+    n_scenes: int = 150,
+    portraits_per_character: int = 20,
     extra_identities: int = 100,
     extra_renders: int = 12,
     cast_share: float | None = None,
@@ -509,18 +636,27 @@ def train_starter_embedder(
     threads: int | None = None,
     progress: Progress | None = None,
     faces_dir: Path | None = None,
+    faces_dirs: Sequence[Path] | None = None,
+    held_out_faces: Sequence[Path] = (),
     unseen_real: tuple[str, ...] = DEFAULT_UNSEEN,
     real_share: float = 0.75,
     thumbnail: int = 4,
+    colour_bins: int = 4,
+    colour_fusion: float = 0.0,
 ) -> Manifest:
     """Train, validate, calibrate and export the starter embedder into ``out_dir``; return its saved manifest.
 
     Batches hold ``batch_size // views`` identities with ``views`` augmented views each; about ``cast_share``
     of the identities are CAST training characters and the rest procedurally generated extra identities (none
     looking like a CAST member), so the embedding learns what makes characters differ rather than ten classes.
+    Real faces: every set of ``faces_dirs`` (and ``faces_dir``; moeimouto-style or flat folder-per-character,
+    core.datasets.face_sets), their train splits, for every character but ``unseen_real`` and the characters of
+    the ``held_out_faces`` sets (loaded only to measure few-shot identification and fit the threshold).
     """
     import torch
     import torch.nn.functional as F
+
+    from core.datasets.face_sets import load_face_sets
 
     def report(message: str, fraction: float) -> None:
         if progress is not None:
@@ -528,6 +664,10 @@ def train_starter_embedder(
 
     if loss not in ("cosface", "supcon", "both"):
         raise ValueError(f"loss must be cosface, supcon or both, not {loss!r}")
+    if input_size % 8:
+        raise ValueError(
+            f"input_size must be a multiple of 8 (the colour cues pool to 8 x 8), not {input_size}"
+        )
     started = time.perf_counter()
     cpu_started = time.process_time()
     out_dir = Path(out_dir)
@@ -540,6 +680,10 @@ def train_starter_embedder(
     torch.set_flush_denormal(True)
     n_threads = threads or training_threads()
     rng = random.Random(seed)
+    # a pretrained EfficientNet-Lite was trained on (x - 0.5) / 0.5; timm networks from scratch on ImageNet's
+    from core.learning.pretrained import BACKBONES
+
+    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if backbone in BACKBONES else (IMAGENET_MEAN, IMAGENET_STD)
 
     report("rendering training crops", 0.0)
     store_size = max(64, int(input_size * 1.6))
@@ -562,14 +706,18 @@ def train_starter_embedder(
         )
     real_labels: list[int] = []
     real_names: list[str] = []
+    never_trained: list[str] = []
     splits = None
-    if faces_dir is not None:
+    roots = _face_roots(faces_dir, faces_dirs)
+    if roots or held_out_faces:
         report("loading real faces", 0.05)
-        splits = load_face_splits(Path(faces_dir), seed=seed)
-        real_names = [n for n in splits.labels if n not in unseen_real]
+        sets = load_face_sets(roots, held_out=held_out_faces, seed=seed)
+        splits = sets.splits
+        excluded = set(unseen_real) | set(sets.held_out_characters)
+        never_trained = [n for n in splits.labels if n in excluded]
+        real_names, items = real_training_items(splits, excluded)
         first = len(train_keys) + len(extras)
         label_of = {n: first + i for i, n in enumerate(real_names)}
-        items = [i for i in splits.train if i.label in label_of]
         for item, img in zip(items, load_images(items, longest=store_size), strict=True):
             samples.append(
                 HeadSample(img, (0.0, 0.0, float(img.width), float(img.height)), label_of[item.label], True)
@@ -583,13 +731,30 @@ def train_starter_embedder(
         by_label.setdefault(sample.label, []).append(sample)
     cast_labels = list(range(len(train_keys)))
     extra_labels = list(range(len(train_keys), len(train_keys) + len(extras)))
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
     views = max(2, views)
     per_batch = max(2, batch_size // views)
 
-    model = _build_model(backbone, embedding_dim, thumbnail)
+    model = _build_model(
+        backbone,
+        embedding_dim,
+        thumbnail,
+        colour_bins=colour_bins,
+        colour_fusion=colour_fusion,
+        frozen_blocks=frozen_blocks,
+        pretrained=pretrained and backbone in BACKBONES,
+        mean=mean,
+        std=std,
+    )
     weight = _cosface_head(n_classes, embedding_dim)
-    params = [{"params": model.parameters(), "weight_decay": 5e-4}, {"params": [weight], "weight_decay": 0.0}]
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
+    scale = backbone_lr_scale if backbone in BACKBONES else 1.0
+    params = [
+        {"params": backbone_params, "weight_decay": 5e-4, "lr": lr * scale},
+        {"params": head_params, "weight_decay": 5e-4, "lr": lr},
+        {"params": [weight], "weight_decay": 0.0, "lr": lr},
+    ]
     optimiser = torch.optim.AdamW(params, lr=lr)
     total = max(1, epochs * steps_per_epoch)
     warmup = max(1, total // 10)
@@ -600,6 +765,7 @@ def train_starter_embedder(
     data_s = time.perf_counter() - started
     losses: list[float] = []
     step = 0
+    ys: list[int] = []
     model.train()
     with torch_threads(n_threads):
         for epoch in range(epochs):
@@ -616,7 +782,7 @@ def train_starter_embedder(
                 x = torch.from_numpy(np.stack(xs))
                 y = torch.tensor(ys)
                 data_s += time.perf_counter() - t0
-                emb = model(x)
+                emb, _ = model.learned(x)
                 value = emb.new_zeros(())
                 if loss in ("cosface", "both"):
                     cos = emb @ F.normalize(weight, dim=1).T
@@ -651,30 +817,42 @@ def train_starter_embedder(
     embedder = OnnxEmbedder(
         onnx_path, version="validation", input_size=input_size, mean=mean, std=std, threads=n_threads
     )
+    with torch.no_grad():
+        output_dim = int(model(torch.zeros(2, 3, input_size, input_size)).shape[1])
 
     report("validating", 0.9)
     real_metrics: dict[str, Any] = {}
     also_fit_on = None
     if splits is not None:
-        real_metrics = evaluate_real(embedder, splits, unseen=unseen_real, seed=seed)
+        real_metrics = evaluate_real(embedder, splits, unseen=never_trained, seed=seed)
         also_fit_on = tuple(real_metrics.pop(k) for k in ("_known_sims", "_known_right", "_unknown_sims"))
+        if not len(also_fit_on[0]) or not len(also_fit_on[2]):
+            also_fit_on = None  # no seen or no unseen validation faces: fit on the drawn heads
     metrics = evaluate(embedder, holdout=holdout, n_scenes=val_scenes, also_fit_on=also_fit_on)
     metrics.update(real_metrics)
     calibration: Calibration = metrics.pop("calibration")
     threshold = float(metrics.pop("threshold"))
     wall_s = time.perf_counter() - started
+    real_roots = [str(r) for r in roots]
     extra: dict[str, Any] = {
         "calibration": calibration.to_dict(),
+        "threshold_fitted_on": "real validation faces" if also_fit_on is not None else "synthetic heads",
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         "holdout": list(holdout),
-        "real_faces": str(faces_dir) if faces_dir is not None else None,
+        "real_faces": (real_roots[0] if len(real_roots) == 1 else real_roots) if real_roots else None,
+        "real_faces_held_out": [str(r) for r in held_out_faces],
         "real_characters_trained": real_names,
-        "real_unseen": [n for n in unseen_real if splits is not None and n in splits.labels],
+        "real_unseen": never_trained,
         "mean": list(mean),
         "std": list(std),
         "backbone": backbone,
-        "embedding_dim": embedding_dim,
+        "pretrained": bool(pretrained and backbone in BACKBONES),
+        "frozen_blocks": frozen_blocks if backbone in BACKBONES else 0,
+        "embedding_dim": output_dim,
+        "projection_dim": embedding_dim,
         "thumbnail": thumbnail,
+        "colour_bins": colour_bins,
+        "colour_fusion": colour_fusion,
         "train_steps": total,
         "batch_size": batch_size,
         "final_loss": round(float(np.mean(losses[-max(1, steps_per_epoch) :])), 4) if losses else None,
@@ -687,6 +865,12 @@ def train_starter_embedder(
         "data_seconds": round(data_s, 1),
         "wall_seconds": round(wall_s, 1),
     }
+    origin = (
+        f"EfficientNet-Lite {backbone} (ImageNet weights, core.learning.pretrained; stem and first "
+        f"{frozen_blocks} blocks frozen) fine-tuned"
+        if backbone in BACKBONES and pretrained
+        else f"timm {backbone} (pretrained=False) trained from scratch"
+    )
     manifest = Manifest(
         slot="embedder",
         name=STARTER_NAME,
@@ -696,12 +880,12 @@ def train_starter_embedder(
         thresholds={"identify": round(threshold, 6)},
         input_size=input_size,
         provenance=(
-            f"timm {backbone} (pretrained=False) + {embedding_dim}-d projection trained from scratch "
-            f"({loss} loss) on core.datasets.synth renders of {len(train_keys)} CAST characters (holdout "
-            f"{list(holdout)}) and {len(extras)} generated identities"
+            f"{origin} with a {embedding_dim}-d projection (+ colour cues: {thumbnail}x{thumbnail} thumbnail, "
+            f"{colour_bins}^3-colour histogram) ({loss} loss) on core.datasets.synth renders of "
+            f"{len(train_keys)} CAST characters (holdout {list(holdout)}) and {len(extras)} generated identities"
             + (
-                f", plus the train split (less 15% validation) of the real faces in {faces_dir} for "
-                f"{len(real_names)} characters (never {list(unseen_real)})"
+                f", plus the train split (less validation) of the real faces in {', '.join(real_roots)} for "
+                f"{len(real_names)} characters (never {never_trained})"
                 if splits is not None
                 else ""
             )
