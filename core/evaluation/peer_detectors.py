@@ -26,7 +26,7 @@ PEERS: dict[str, PeerSpec] = {
         module="core.vision.slots.animeface_detector",
         factory="AnimeFaceDetector",
         available="animeface_available",
-        install_hint="pip install animeface",
+        install_hint="pip install animeface==2.0.3",
     ),
 }
 

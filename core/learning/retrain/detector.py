@@ -8,12 +8,17 @@ reference head crops pasted in, and promote it only if its held-back mAP50 does 
 - Held-back split: fixed scenes at :data:`core.evaluation.detection.EVAL_SEED_BASE` with the held-back fifth of the
   reference crops (chosen by their sha256, so a crop never moves between splits) pasted in; never trained on.
   The current and the new model are measured on it through the slot loader (as they serve), mAP50 compared.
-- Fine-tuning starts from the active model's ultralytics weights (``files["pt"]``); a detector without them
-  (a pulled ONNX-only model) raises :class:`NothingToLearn`. The new model is exported in the current one's format.
+- Fine-tuning starts from the active model's trainable weights: ultralytics' (``files["pt"]``, YOLO starters and
+  pulled ``.pt`` models) or the Lite0 starter's torch weights (``files["torch"]``, trained by the project's own
+  loop in core.learning.starter.lite_detector, real pictures of ``Settings.pictures_dir`` in half the samples); a
+  detector with neither (a pulled ONNX-only model) raises :class:`NothingToLearn`. The new model is exported in the
+  current one's format.
 - Checkpoints: one ultralytics ``train()`` run for all epochs; after each epoch its ``last.pt`` (optimizer and EMA
   included) is copied atomically into the work folder and, when the slice is over, :class:`SliceEnded` is raised
   from the epoch-end callback. The continuation resumes that run with ultralytics' own ``resume`` (same
-  learning-rate schedule, optimizer state and epoch count), so a sliced run trains like an unsliced one.
+  learning-rate schedule, optimizer state and epoch count), so a sliced run trains like an unsliced one. The Lite0
+  loop checkpoints network, optimizer, schedule and step (read back with ``weights_only=True``) and draws step k's
+  batch from a generator seeded by (seed, k), so it resumes exactly too.
 
 Measured on 2 CPU cores while another training job shared them, defaults (160 scenes, 3 epochs, 256 px, lr 5e-4,
 60 held-back scenes), starter detector, 12 taught crops of 4 synthetic characters (11 trained, 1 held back):
@@ -23,6 +28,7 @@ Measured on 2 CPU cores while another training job shared them, defaults (160 sc
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import shutil
@@ -59,7 +65,7 @@ from core.learning.retrain.common import (
     write_json,
 )
 from core.settings import Settings
-from core.storage.shared_store import file_sha256
+from core.storage.shared_store import file_sha256, write_atomic
 from core.vision.slots.base import Manifest
 from core.vision.slots.registry import load_slot
 
@@ -294,14 +300,17 @@ def _train_lite(ctx: TrainingContext, work: Path, state: dict[str, Any], base: M
         freeze_blocks=3,
         warmup=False,
     )
-    if state["epochs_done"] > 0 and checkpoint.is_file():
-        run.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
+    saved = _load_lite_checkpoint(checkpoint) if state["epochs_done"] > 0 and checkpoint.is_file() else None
+    if saved is not None:
+        run.load_state_dict(saved)
+    else:
+        state["epochs_done"] = 0
     started, first_epoch = time.monotonic(), state["epochs_done"]
     for epoch in range(state["epochs_done"] + 1, epochs + 1):
         run.train(pools, until=epoch * per_epoch_steps)
-        partial = work / "checkpoint.pt.partial"
-        torch.save(run.state_dict(), partial)
-        partial.replace(checkpoint)
+        buffer = io.BytesIO()
+        torch.save(run.state_dict(), buffer)
+        write_atomic(checkpoint, buffer.getvalue())
         state["epochs_done"] = epoch
         write_json(work / STATE_FILE, state)
         per_epoch = (time.monotonic() - started) / max(1, epoch - first_epoch)
@@ -320,6 +329,18 @@ def _train_lite(ctx: TrainingContext, work: Path, state: dict[str, Any], base: M
     save_weights(net, work / "final.pt")
     state["trained"] = True
     write_json(work / STATE_FILE, state)
+
+
+def _load_lite_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint read with ``weights_only=True`` (it sits in the shared folder: a planted file must not run code
+    in the worker); None, and training starts over, when it is unreadable."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torn, foreign or carrying objects
+        log.warning("detector checkpoint %s unreadable: starting over", path, exc_info=True)
+        return None
 
 
 def _export_lite(work: Path, base: Manifest, imgsz: int) -> dict[str, Path]:
