@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from core.evaluation.detection import BoxT, LabelledPicture
 
@@ -196,7 +196,7 @@ def _picture(labels: PictureLabels, root: Path) -> LabelledPicture:
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
+    except Exception as error:
         raise PictureFolderError(f"{path}: not a readable image ({error})") from None
     width, height = image.size
     if (labels.width, labels.height) not in ((None, None), (width, height)):
