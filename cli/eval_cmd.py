@@ -198,11 +198,19 @@ def _detector_on_pictures(
 
 @eval_app.command("tagger")
 def tagger(
-    faces: FacesOption = None,
+    faces: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--faces",
+            help="Real face set, repeatable: moeimouto-style <dir>/{train,test}/<character>/* (its test split) or "
+            "flat <dir>/<character>/* (its hashed test share); default: ANIBOT_FACES_DIR.",
+        ),
+    ] = None,
     scenes: Annotated[int, typer.Option(min=1, help="Held-out synthetic scenes.")] = 200,
     out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
 ) -> None:
-    """Tagging: per-tag F1 and macro-F1 on synthetic scenes; hair and eye colour F1 on real faces."""
+    """Tagging: per-tag F1 and macro-F1 on synthetic scenes; hair and eye colour F1 and hallucinated appearance
+    tags on real faces."""
     from core.evaluation.tagging import (
         evaluate_real_colours,
         evaluate_synthetic,
@@ -211,17 +219,28 @@ def tagger(
     )
 
     model, manifest = _installed("tagger")
-    faces_dir = _faces(faces)
+    chosen = list(faces or ([get_settings().faces_dir] if get_settings().faces_dir is not None else []))
+    missing = [str(f) for f in chosen if not f.is_dir()]
+    if missing:
+        console.print(f"[red]not a folder of face images: {', '.join(missing)}[/red]")
+        raise typer.Exit(2)
     reports = [evaluate_synthetic(model, scenes)]
-    if faces_dir is not None:
-        colours = evaluate_real_colours(model, faces_dir)
+    if chosen:
+        colours = evaluate_real_colours(model, chosen)
         reports += [colours.hair, colours.eyes]
     text = tag_markdown(reports, f"Tagging: `{manifest.version}`")
+    if chosen and colours.hallucination is not None:
+        text += "\n" + colours.hallucination.markdown()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tagger.md").write_text(text, encoding="utf-8")
     for plot in write_tag_plots(reports, out):
         console.print(f"wrote {plot}")
     print(text.split("\n## ")[0])
+    if chosen and colours.hallucination is not None:
+        h = colours.hallucination
+        print(
+            f"hallucinated appearance tags: {h.rate:.3f} of {h.n_pictures} real faces, {h.per_face:.3f} per face"
+        )
 
 
 @eval_app.command("identify")

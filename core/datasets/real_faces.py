@@ -20,8 +20,9 @@ from core.datasets.folders import LabelledImage, load_folder_dataset
 from core.vision.intake import decode_image_file
 from core.vision.results import Box
 
-# Canonical looks of the moeimouto10 characters as Danbooru tags (their usual depiction, as Danbooru's wiki and
-# tag statistics describe them): weak labels, since fan art varies (Shana also appears with black hair).
+# Canonical looks of the moeimouto10, onepiece5 and keima3 characters as Danbooru tags (their usual depiction, as
+# Danbooru's wiki and tag statistics describe them): weak labels, since fan art varies (Shana also appears with
+# black hair).
 CANONICAL_LOOKS: dict[str, tuple[str, ...]] = {
     "hatsune_miku": ("aqua_hair", "aqua_eyes", "long_hair", "twintails"),
     "kinomoto_sakura": ("brown_hair", "green_eyes", "short_hair"),
@@ -33,7 +34,21 @@ CANONICAL_LOOKS: dict[str, tuple[str, ...]] = {
     "shana": ("red_hair", "red_eyes", "long_hair"),
     "hakurei_reimu": ("brown_hair", "red_eyes", "long_hair", "bow"),
     "izumi_konata": ("blue_hair", "green_eyes", "long_hair"),
+    # onepiece5 (TV screenshots): only what every era of the anime shares. Nami's hair length changes over the
+    # series (short before the time skip), Zoro's eye colour is drawn inconsistently, Luffy's straw hat is often
+    # off or on his back, and Chopper is a reindeer (his fur is not hair): only his hat is certain.
+    "monkey_d_luffy": ("black_hair", "black_eyes", "short_hair"),
+    "nico_robin": ("black_hair", "blue_eyes", "long_hair"),
+    "nami": ("orange_hair", "brown_eyes"),
+    "tony_tony_chopper": ("hat",),
+    "roronoa_zoro": ("green_hair", "short_hair"),
+    # keima3: Maki's length (short to medium) is left out
+    "nishikino_maki": ("red_hair", "purple_eyes"),
+    "sakurauchi_riko": ("red_hair", "yellow_eyes", "long_hair"),
+    "takimoto_hifumi": ("purple_hair", "blue_eyes", "long_hair"),
 }
+# tags of the looks' accessories and styles that a character wears only sometimes: neither yes nor no for them
+UNSURE_LOOKS: dict[str, tuple[str, ...]] = {"monkey_d_luffy": ("hat",)}
 # display names and series of the moeimouto10 characters (for enrolling them in a gallery)
 DISPLAY: dict[str, tuple[str, str]] = {
     "hatsune_miku": ("Hatsune Miku", "Vocaloid"),

@@ -1,8 +1,9 @@
 """Measuring a tagger through its public ``tag()`` (so the starter and a real WD14 model are measured alike).
 
 - synthetic scenes: per-tag F1 and macro-F1 of the general tags against the scenes' ground truth;
-- real faces: hair-colour and eye-colour F1 on a face set's test split, each face labelled with its character's
-  canonical look (core.datasets.real_faces.CANONICAL_LOOKS; characters without one are skipped).
+- real faces: hair-colour and eye-colour F1 on the test splits of face sets, each face labelled with its
+  character's canonical look (core.datasets.real_faces.CANONICAL_LOOKS; characters without one are skipped), and
+  the hallucination rate: faces where an appearance tag outside the look fires (cat ears on Miku, silver hair).
 """
 
 from __future__ import annotations
@@ -77,20 +78,95 @@ def evaluate_synthetic(tagger: Tagger, n_scenes: int, *, seed: int = EVAL_SEED_B
 class ColourReport:
     hair: TagReport
     eyes: TagReport
+    hallucination: HallucinationReport | None = None
 
 
-def evaluate_real_colours(tagger: Tagger, faces_dir: Path) -> ColourReport:
-    """Hair and eye colour F1 on the test split of ``faces_dir`` against each character's canonical look."""
-    from core.datasets.real_faces import canonical_tags, load_face_splits, load_images
+@dataclass
+class HallucinationReport:
+    """Appearance tags (hair and eye colours, lengths, styles, accessories) that fire on a real face and are wrong
+    by its character's canonical look: another tag of a family the look names (a wrong hair colour), an
+    accessory or style the looks say no to (:func:`core.learning.starter.tagger.weakly_known`), or a tag no
+    look names at all (cat ears, glasses, silver hair: only the synthetic cast has them). Not counted: a family
+    the look is silent on (Maki's hair length, Zoro's eye colour, Luffy's sometimes-worn hat). ``rate_any``
+    counts every appearance tag outside the look."""
 
-    items = [i for i in load_face_splits(faces_dir).test if canonical_tags(i.label)]
+    n_pictures: int
+    rate: float  # share of the faces with at least one wrong tag
+    per_face: float  # wrong tags per face
+    counts: dict[str, int]  # tag -> faces it fired on wrongly
+    rate_any: float = 0.0  # share of the faces with an appearance tag outside the look, judgeable or not
+
+    def markdown(self) -> str:
+        lines = [
+            "## real faces: hallucinated appearance tags",
+            "",
+            f"{self.n_pictures} faces; with at least one wrong appearance tag: {self.rate:.3f}; wrong tags per "
+            f"face: {self.per_face:.3f}; with any appearance tag outside the canonical look: {self.rate_any:.3f}",
+            "",
+            "| tag | faces it fired on wrongly |",
+            "|---|---|",
+        ]
+        lines += [f"| {t} | {n} |" for t, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return "\n".join(lines) + "\n"
+
+
+def is_appearance(tag: str) -> bool:
+    """A tag about a character's look: hair or eye colour, hair length or style, or an accessory."""
+    from core.datasets.synth import ACCESSORIES
+
+    styles = {"twintails", "ponytail", "bob_cut"}
+    return (
+        is_hair_colour(tag)
+        or is_eye_colour(tag)
+        or tag in LENGTH_TAGS
+        or tag in styles
+        or tag in ACCESSORIES
+        or tag == "bow"
+    )
+
+
+def wrong_appearance(label: str, fired: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Of the tags ``fired`` on a real face of ``label``: the wrong appearance tags (see
+    :class:`HallucinationReport`), and every appearance tag outside the character's look."""
+    from core.datasets.real_faces import CANONICAL_LOOKS, UNSURE_LOOKS, canonical_tags
+    from core.learning.starter.tagger import weakly_known
+
+    look = canonical_tags(label)
+    outside = {t for t in fired if is_appearance(t)} - set(look)
+    named = {t for other in CANONICAL_LOOKS.values() for t in other}
+    vocab = sorted(outside | set(look))  # the look's own tags too: they tell which families it names
+    judged = dict(zip(vocab, weakly_known(vocab, look, UNSURE_LOOKS.get(label, ())), strict=True))
+    wrong = {t for t in outside if judged[t] or t not in named}
+    return wrong, outside
+
+
+def real_test_faces(faces_dirs: Path | Sequence[Path]) -> list:
+    """The test split of every set in ``faces_dirs`` (moeimouto-style or flat, core.datasets.face_sets), for
+    the characters that have a canonical look."""
+    from core.datasets.face_sets import load_face_sets
+    from core.datasets.real_faces import canonical_tags
+
+    roots = [Path(faces_dirs)] if isinstance(faces_dirs, str | Path) else [Path(r) for r in faces_dirs]
+    return [i for i in load_face_sets(roots).splits.test if canonical_tags(i.label)]
+
+
+def evaluate_real_colours(tagger: Tagger, faces_dirs: Path | Sequence[Path]) -> ColourReport:
+    """Hair and eye colour F1 on the test splits of ``faces_dirs`` against each character's canonical look
+    (a face counts for a family only when its look names one, so Chopper's fur is not scored as hair), and the
+    hallucinated appearance tags."""
+    from core.datasets.real_faces import canonical_tags, load_images
+
+    items = real_test_faces(faces_dirs)
     images = load_images(items)
+    fired = [[t for t in tagger.tag(image) if t.category == "general"] for image in images]
     reports = {}
     for family, is_family in (("hair", is_hair_colour), ("eyes", is_eye_colour)):
         truth, predicted, confusion = [], [], {}
-        for item, image in zip(items, images, strict=True):
+        for item, tags_of in zip(items, fired, strict=True):
             want = {t for t in canonical_tags(item.label) if is_family(t)}
-            tags = [t for t in tagger.tag(image) if t.category == "general" and is_family(t.name)]
+            if not want:
+                continue
+            tags = [t for t in tags_of if is_family(t.name)]
             got = {t.name for t in tags}
             truth.append(want)
             predicted.append(got)
@@ -101,13 +177,26 @@ def evaluate_real_colours(tagger: Tagger, faces_dir: Path) -> ColourReport:
         present = [f1[t] for t in f1 if support[t] > 0]
         reports[family] = TagReport(
             f"real faces: {family} colour",
-            len(items),
+            len(truth),
             f1,
             support,
             float(np.mean(present)) if present else 0.0,
             confusion,
         )
-    return ColourReport(reports["hair"], reports["eyes"])
+    counts: dict[str, int] = {}
+    wrong_faces, wrong_tags, outside_faces = 0, 0, 0
+    for item, tags_of in zip(items, fired, strict=True):
+        wrong, outside = wrong_appearance(item.label, [t.name for t in tags_of])
+        wrong_faces += bool(wrong)
+        outside_faces += bool(outside)
+        wrong_tags += len(wrong)
+        for t in wrong:
+            counts[t] = counts.get(t, 0) + 1
+    n = max(1, len(items))
+    hallucination = HallucinationReport(
+        len(items), wrong_faces / n, wrong_tags / n, counts, outside_faces / n
+    )
+    return ColourReport(reports["hair"], reports["eyes"], hallucination)
 
 
 def tag_markdown(reports: Sequence[TagReport], title: str) -> str:

@@ -247,7 +247,7 @@ def _train(
                 cells.flatten(2).amax(2), tags[idx][:, cell_idx], known_cell
             )
             whole = F.binary_cross_entropy_with_logits(
-                pooled[:, n_r:], tags[idx][:, pooled_idx], known[idx][:, pooled_idx]
+                pooled[:, n_r : n_r + len(pooled_idx)], tags[idx][:, pooled_idx], known[idx][:, pooled_idx]
             )
             loss = dense + mil + whole + 0.1 * F.cross_entropy(pooled[:, :n_r], ratings[idx])
             optimizer.zero_grad(set_to_none=True)
