@@ -41,6 +41,12 @@ Pretrained EfficientNet-Lite0 (this recipe; 128 px, 1500 scenes, 4 epochs, lr 4e
   appearance tags on 10.3 % of the faces (0.21 per face: red / grey eyes, bow, long hair); onepiece5: 0.988 /
   0.986, 4.8 %; keima3: 1.000 / 0.889, 20 %; all 288 test faces: 0.975 / 0.908, 9.4 %. No tag without real
   support fired on a real validation face (the gate alone: P(real) 0.9999 on them), so no tag was left out.
+- (B) with moeimouto10 alone (``ANIBOT_FACES_DIR``, the default build; 671 faces x2): 182 s (render 13 s, train
+  164 s; the machine was busier than for the run above); synthetic 0.958 (0.979 / 0.978); moeimouto10 test: hair
+  0.955, eyes 0.919, wrong tags on 13.5 % of the faces. On characters it never trained on it does not carry
+  over: onepiece5 hair 0.26, eyes 0.00, keima3 0.25 / 0.06, wrong tags on 93-100 % of those faces, nearly all
+  wrong colours (brown hair, red eyes) rather than unseen tags (the gate holds): the colours are learnt per
+  character from ~10 characters, not as colours.
 - (B) before accessories and styles were labelled on every look (positives only, from Chopper's hat, Reimu's
   bow, Haruhi's hairband, Miku / Fate / Nanoha's twintails): the same colours (0.945 / 0.949) but hat, bow,
   hairband and twintails fired on 93 % of the moeimouto10 faces: a tag seen only as a positive on real faces
