@@ -19,10 +19,8 @@ PICTURES = shared_data_dir() / "scenes" / "pixiv-faces-train"
 KEIMA3 = shared_data_dir() / "faces" / "keima3"
 ONEPIECE5 = shared_data_dir() / "faces" / "onepiece5"
 
-DETECTOR_RECALL_FLOOR = (
-    0.45  # measured 0.0 on the fresh-machine build (README); the from-scratch YOLO found 0.25
-)
-FEW_SHOT_FLOOR = 0.50  # measured 0.0 on the fresh-machine build (README)
+DETECTOR_RECALL_FLOOR = 0.40  # fresh-machine build: 0.543 (precision 0.792); with real pictures 0.914
+FEW_SHOT_FLOOR = 0.65  # fresh-machine build: 0.796 (93 keima3 queries, 8 characters in the gallery)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def test_the_detector_finds_faces_in_real_illustrations(settings) -> None:  # ty
     report = evaluate_on_pictures(detector, test, detector.confidence)
     at_30 = report.operating[0.3]
     assert at_30.recall >= DETECTOR_RECALL_FLOOR, at_30
-    assert at_30.precision >= 0.5, at_30
+    assert at_30.precision >= 0.55, at_30
 
 
 @pytest.mark.skipif(
@@ -78,4 +76,5 @@ def test_few_shot_identification_of_real_characters_never_trained_on(settings) -
     query_emb = embedder.embed(load_images(queries, longest=256))
     best = (query_emb @ ref_emb.T).argmax(1)
     top1 = float(np.mean([refs[j].label == q.label for j, q in zip(best, queries, strict=True)]))
+    print(f"few-shot top-1 {top1:.3f} on {len(queries)} queries")
     assert top1 >= FEW_SHOT_FLOOR, top1

@@ -61,6 +61,15 @@ DISPLAY: dict[str, tuple[str, str]] = {
     "shana": ("Shana", "Shakugan no Shana"),
     "hakurei_reimu": ("Reimu Hakurei", "Touhou Project"),
     "izumi_konata": ("Konata Izumi", "Lucky Star"),
+    # onepiece5 and keima3
+    "monkey_d_luffy": ("Monkey D. Luffy", "One Piece"),
+    "nico_robin": ("Nico Robin", "One Piece"),
+    "nami": ("Nami", "One Piece"),
+    "tony_tony_chopper": ("Tony Tony Chopper", "One Piece"),
+    "roronoa_zoro": ("Roronoa Zoro", "One Piece"),
+    "nishikino_maki": ("Maki Nishikino", "Love Live!"),
+    "sakurauchi_riko": ("Riko Sakurauchi", "Love Live! Sunshine!!"),
+    "takimoto_hifumi": ("Hifumi Takimoto", "New Game!"),
 }
 # characters the starter embedder never trains on: their few-shot score measures unseen characters
 DEFAULT_UNSEEN = ("akiyama_mio", "izumi_konata")

@@ -103,8 +103,8 @@ def build_slot(
 
 
 def enrol_cast(settings: Settings, manifest: Manifest) -> int:
-    """Enrol the synthetic cast for this embedder (and, with ``Settings.faces_dir``, the face set's characters
-    from 5 training images each), cropping heads with the installed detector when there is one."""
+    """Enrol the synthetic cast for this embedder (and, with ``Settings.faces_dir`` and ``more_faces_dirs``, each face
+    set's characters from 5 training images each), cropping heads with the installed detector when there is one."""
     from core.characters.starter_cast import enrol_face_set, enrol_synthetic_cast
     from core.storage.store import Store
 
@@ -119,8 +119,9 @@ def enrol_cast(settings: Settings, manifest: Manifest) -> int:
 
     crops = ReferenceCrops(SharedStore(settings.shared_path))  # kept: a retrained embedder re-embeds them
     total = enrol_synthetic_cast(store, embedder, detector=detector, crops=crops)
-    if settings.faces_dir is not None:
-        total += enrol_face_set(store, embedder, settings.faces_dir, detector=detector, crops=crops)
+    for faces_dir in (settings.faces_dir, *settings.more_faces_dirs):
+        if faces_dir is not None:
+            total += enrol_face_set(store, embedder, faces_dir, detector=detector, crops=crops)
     # the gallery workers serve: a version in the shared folder (Redis is not needed to build models)
     GalleryVersions(SharedStore(settings.shared_path), keep=settings.gallery_keep_versions).publish(
         store, embedder.version
