@@ -71,6 +71,7 @@ NO_WEIGHTS = "not available (no weights file)"
 ENGINES: dict[str, tuple[str, str]] = {
     "yolo-onnx": ("onnx", "ONNX Runtime"),
     "yolo-pt": ("eager", "ultralytics eager"),
+    "lite-torch": ("eager", "torch eager"),  # the Lite0 starter detector's torch weights
     "onnx-embedder": ("onnx", "ONNX Runtime"),
     "timm-embedder": ("eager", "timm eager"),
     "wd14-onnx": ("onnx", "ONNX Runtime"),
@@ -78,6 +79,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "hf-vision-encoder-decoder": ("eager", "transformers eager"),
     "hf-blip": ("eager", "transformers eager"),
 }
+LITE_EAGER = "lite-torch"
 DETECTOR_WEIGHTS = {"yolo-onnx": "onnx", "yolo-pt": "pt"}  # detector format -> manifest file role it runs
 TORCH_ENGINE = "torch eager"
 EAGER_LOADERS = {
@@ -259,6 +261,12 @@ def tolerance_agreement(slot: str, what: str, difference: float, tolerance: floa
 
 def bench_detector(manifest: Manifest, config: BenchConfig, inputs: Inputs, report: Report) -> None:
     detectors = {manifest.format: load_slot(manifest, config.settings)}
+    if manifest.format == "yolo-onnx" and manifest.extra.get("backbone") and weights_file(manifest, "torch"):
+        from core.learning.starter.lite_detector import EagerLiteDetector
+
+        served = detectors[manifest.format]
+        detectors[LITE_EAGER] = EagerLiteDetector(manifest, confidence=served.confidence, iou=served.iou)
+        return _time_detectors(detectors, config, inputs, report)
     for other in DETECTOR_WEIGHTS:
         if other == manifest.format:
             continue
@@ -266,6 +274,10 @@ def bench_detector(manifest: Manifest, config: BenchConfig, inputs: Inputs, repo
             report.notes.append(f"detector {ENGINES[other][0]}: {NO_WEIGHTS}")
         else:
             detectors[other] = load_slot(replace(manifest, format=other), config.settings)
+    _time_detectors(detectors, config, inputs, report)
+
+
+def _time_detectors(detectors: dict[str, Any], config: BenchConfig, inputs: Inputs, report: Report) -> None:
     for model_format, detector in detectors.items():
         for case, scenes_of_case in (("1 head", inputs.one_head), ("3 heads", inputs.three_heads)):
             images = [s.image for s in scenes_of_case]

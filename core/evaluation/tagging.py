@@ -85,7 +85,7 @@ class ColourReport:
 class HallucinationReport:
     """Appearance tags (hair and eye colours, lengths, styles, accessories) that fire on a real face and are wrong
     by its character's canonical look: another tag of a family the look names (a wrong hair colour), an
-    accessory or style the looks say no to (:func:`core.learning.starter.tagger.weakly_known`), or a tag no
+    accessory or style the looks say no to (:func:`weakly_known`), or a tag no
     look names at all (cat ears, glasses, silver hair: only the synthetic cast has them). Not counted: a family
     the look is silent on (Maki's hair length, Zoro's eye colour, Luffy's sometimes-worn hat). ``rate_any``
     counts every appearance tag outside the look."""
@@ -129,7 +129,6 @@ def wrong_appearance(label: str, fired: Sequence[str]) -> tuple[set[str], set[st
     """Of the tags ``fired`` on a real face of ``label``: the wrong appearance tags (see
     :class:`HallucinationReport`), and every appearance tag outside the character's look."""
     from core.datasets.real_faces import CANONICAL_LOOKS, UNSURE_LOOKS, canonical_tags
-    from core.learning.starter.tagger import weakly_known
 
     look = canonical_tags(label)
     outside = {t for t in fired if is_appearance(t)} - set(look)
@@ -235,3 +234,28 @@ def write_tag_plots(reports: Sequence[TagReport], out_dir: Path) -> list[Path]:
                 )
             )
     return written
+
+
+def look_extras() -> set[str]:
+    """The accessories and hair styles some canonical look names (hat, bow, hairband, twintails...): a look lists
+    its character's notable ones, so every look says yes or no to each (see :func:`weakly_known`)."""
+    from core.datasets.real_faces import CANONICAL_LOOKS
+
+    named = {t for look in CANONICAL_LOOKS.values() for t in look}
+    return {t for t in named if not (is_hair_colour(t) or is_eye_colour(t) or t in LENGTH_TAGS)}
+
+
+def weakly_known(vocab: list[str], look: tuple[str, ...], unsure: tuple[str, ...] = ()) -> np.ndarray:
+    """Which tags a canonical look labels: every tag of each family it names (all hair colours when it names a
+    hair colour, both lengths when it names one...), the tags it names, and (for any look) the accessories and
+    styles that some look names (:func:`look_extras`: a look without a hat says its character wears none) but
+    ``unsure`` (the character's, such as Luffy's hat, sometimes worn); unknown: the rest."""
+    families = [{t for t in vocab if is_colour(t)} for is_colour in (is_hair_colour, is_eye_colour)]
+    families.append({t for t in vocab if t in LENGTH_TAGS})
+    known = set(look)
+    for family in families:
+        if family & set(look):
+            known |= family
+    if look:
+        known |= look_extras() - set(unsure)
+    return np.array([t in known for t in vocab])

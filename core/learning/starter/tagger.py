@@ -87,7 +87,13 @@ from core.datasets.synth import (
     render_scene,
     scene_tags,
 )
-from core.evaluation.tagging import LENGTH_TAGS, is_eye_colour, is_hair_colour
+from core.evaluation.tagging import (  # noqa: F401 - look_extras, weakly_known: re-exported
+    LENGTH_TAGS,
+    is_eye_colour,
+    is_hair_colour,
+    look_extras,
+    weakly_known,
+)
 from core.learning.starter.common import (
     choose_device,
     export_onnx,
@@ -195,29 +201,6 @@ def render_set(seeds: range, size: int, vocab: list[str]) -> SceneSet:
             ] = 1.0
             out.valid[row, j] = True
     return out
-
-
-def look_extras() -> set[str]:
-    """The accessories and hair styles some canonical look names (hat, bow, hairband, twintails...): a look lists
-    its character's notable ones, so every look says yes or no to each (see :func:`weakly_known`)."""
-    named = {t for look in CANONICAL_LOOKS.values() for t in look}
-    return {t for t in named if not (is_hair_colour(t) or is_eye_colour(t) or t in LENGTH_TAGS)}
-
-
-def weakly_known(vocab: list[str], look: tuple[str, ...], unsure: tuple[str, ...] = ()) -> np.ndarray:
-    """Which tags a canonical look labels: every tag of each family it names (all hair colours when it names a
-    hair colour, both lengths when it names one...), the tags it names, and (for any look) the accessories and
-    styles that some look names (:func:`look_extras`: a look without a hat says its character wears none) but
-    ``unsure`` (the character's, such as Luffy's hat, sometimes worn); unknown: the rest."""
-    families = [{t for t in vocab if is_colour(t)} for is_colour in (is_hair_colour, is_eye_colour)]
-    families.append({t for t in vocab if t in LENGTH_TAGS})
-    known = set(look)
-    for family in families:
-        if family & set(look):
-            known |= family
-    if look:
-        known |= look_extras() - set(unsure)
-    return np.array([t in known for t in vocab])
 
 
 def render_real_faces(images: list[Image.Image], labels: list[str], size: int, vocab: list[str]) -> SceneSet:
