@@ -365,10 +365,15 @@ def render_scene(
 
 def render_portrait(character: str, seed: int, size: int = 160) -> Image.Image:
     """A single-character head crop (like a reference image an admin would upload)."""
+    return render_portrait_with_box(character, seed, size)[0]
+
+
+def render_portrait_with_box(character: str, seed: int, size: int = 160) -> tuple[Image.Image, Box]:
+    """:func:`render_portrait` and the box of its head (clipped to the picture)."""
     rng = random.Random(seed)
     img = _background((size, size), rng.choice(BACKGROUNDS), rng)
     r = int(size * rng.uniform(0.28, 0.34))
-    _draw_character(
+    box = _draw_character(
         img,
         CAST_BY_KEY[character],
         size // 2 + rng.randint(-4, 4),
@@ -378,4 +383,4 @@ def render_portrait(character: str, seed: int, size: int = 160) -> Image.Image:
         rng.random() < 0.5,
         rng,
     )
-    return img
+    return img, Box(max(0.0, box.x1), max(0.0, box.y1), min(float(size), box.x2), min(float(size), box.y2))
