@@ -19,7 +19,7 @@ PICTURES = shared_data_dir() / "scenes" / "pixiv-faces-train"
 KEIMA3 = shared_data_dir() / "faces" / "keima3"
 ONEPIECE5 = shared_data_dir() / "faces" / "onepiece5"
 
-DETECTOR_RECALL_FLOOR = 0.40  # fresh-machine build: 0.543 (precision 0.792); with real pictures 0.914
+DETECTOR_RECALL_FLOOR = 0.25  # fresh-machine build: 0.343 (precision 0.923); with real pictures 0.9+
 FEW_SHOT_FLOOR = 0.65  # fresh-machine build: 0.796 (93 keima3 queries, 8 characters in the gallery)
 
 
@@ -49,7 +49,7 @@ def test_the_detector_finds_faces_in_real_illustrations(settings) -> None:  # ty
     report = evaluate_on_pictures(detector, test, detector.confidence)
     at_30 = report.operating[0.3]
     assert at_30.recall >= DETECTOR_RECALL_FLOOR, at_30
-    assert at_30.precision >= 0.55, at_30
+    assert at_30.precision >= 0.7, at_30
 
 
 @pytest.mark.skipif(
