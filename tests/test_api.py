@@ -293,7 +293,8 @@ def test_openapi_documents_every_route(bot_stack):
         routes = {
             (route.method.lower(), route.resource.canonical)
             for route in client.server.app.router.routes()
-            if route.method != "HEAD" and route.resource is not None
+            if route.method != "HEAD"
+            and route.resource is not None
             and route.resource.canonical.startswith("/v1/")  # the web page's static files are no API
         }
         documented = {(method, path) for path, methods in document["paths"].items() for method in methods}

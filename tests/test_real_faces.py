@@ -124,7 +124,10 @@ def test_the_shared_face_set_decodes_and_every_character_has_a_look():
     items = [*splits.train, *splits.val, *splits.test]
     assert len(items) == 974 and len(splits.test) == 185
     assert set(splits.labels) <= set(CANONICAL_LOOKS)
-    for flat in ("onepiece5", "keima3"):  # the flat sets' characters have looks too (core.datasets.real_faces)
+    for flat in (
+        "onepiece5",
+        "keima3",
+    ):  # the flat sets' characters have looks too (core.datasets.real_faces)
         folder = shared_data_dir() / "faces" / flat
         if folder.is_dir():
             assert {p.name for p in folder.iterdir() if p.is_dir()} <= set(CANONICAL_LOOKS)
