@@ -26,6 +26,7 @@ from core.storage.store import Store
 from core.vision.results import (
     LOAD_FAILED,
     NOT_INSTALLED,
+    SOURCE_GALLERY,
     STAGE_FAILED,
     UNKNOWN,
     AnalysisResult,
@@ -278,13 +279,16 @@ class AnalysisPipeline:
             candidates = tuple(
                 Candidate(c.name, c.series, c.confidence, c.similarity) for c in ident.candidates
             )
+            named = bool(ident.name) and ident.name != UNKNOWN
             heads.append(
                 Head(
                     box=det.box,
                     detection_score=float(det.score),
                     candidates=candidates,
-                    name=ident.name if ident.name else UNKNOWN,
+                    name=ident.name if named else UNKNOWN,
                     confidence=float(ident.confidence),
+                    series=candidates[0].series if named and candidates else "",
+                    source=SOURCE_GALLERY if named else "",
                 )
             )
         return heads

@@ -10,6 +10,11 @@ from typing import Any
 
 UNKNOWN = "unknown"
 RESULT_SCHEMA_VERSION = 1
+# where a head's name came from: the gallery of taught references, the tagger's character tags, or both agreeing
+SOURCE_GALLERY = "gallery"
+SOURCE_TAGGER = "tagger"
+SOURCE_BOTH = "both"
+NAME_SOURCES = (SOURCE_GALLERY, SOURCE_TAGGER, SOURCE_BOTH)
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class Candidate:
     name: str
     series: str
     confidence: float
-    similarity: float
+    similarity: float  # cosine similarity to the gallery's best reference of this character (0 if none)
+    source: str = SOURCE_GALLERY  # one of NAME_SOURCES
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,12 @@ class Head:
     detection_score: float
     # best first; may be empty when identification failed (see AnalysisResult.degraded)
     candidates: tuple[Candidate, ...] = ()
-    # the answer shown to users: a character name or UNKNOWN
+    # the answer shown to users: a character name or UNKNOWN (below the naming threshold: candidates hold the
+    # best guesses)
     name: str = UNKNOWN
     confidence: float = 0.0
+    series: str = ""
+    source: str = ""  # one of NAME_SOURCES for a named head, "" for UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,8 @@ class AnalysisResult:
                 candidates=tuple(Candidate(**c) for c in h["candidates"]),
                 name=h["name"],
                 confidence=h["confidence"],
+                series=h.get("series", ""),
+                source=h.get("source", ""),
             )
             for h in data["heads"]
         )
@@ -166,6 +177,8 @@ RESULT_JSON_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["box", "detection_score", "candidates", "name", "confidence"],
                 "properties": {
+                    "series": {"type": "string"},
+                    "source": {"enum": ["", *NAME_SOURCES]},
                     "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
                     "detection_score": {"type": "number", "minimum": 0, "maximum": 1},
                     "name": {"type": "string", "minLength": 1},
@@ -180,6 +193,7 @@ RESULT_JSON_SCHEMA: dict[str, Any] = {
                                 "series": {"type": "string"},
                                 "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                                 "similarity": {"type": "number", "minimum": -1.0001, "maximum": 1.0001},
+                                "source": {"enum": list(NAME_SOURCES)},
                             },
                         },
                     },
