@@ -15,6 +15,10 @@ SOURCE_GALLERY = "gallery"
 SOURCE_TAGGER = "tagger"
 SOURCE_BOTH = "both"
 NAME_SOURCES = (SOURCE_GALLERY, SOURCE_TAGGER, SOURCE_BOTH)
+# a named head below this confidence is shown as "not sure", its guesses behind a button: a confident wrong name is
+# what users mind most. Chats choose their own (/settings sure); the annotated picture, drawn once for every chat,
+# marks heads below this one
+DEFAULT_SURE_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class Head:
     confidence: float = 0.0
     series: str = ""
     source: str = ""  # one of NAME_SOURCES for a named head, "" for UNKNOWN
+
+    def is_sure(self, threshold: float = DEFAULT_SURE_CONFIDENCE) -> bool:
+        """Whether the head is shown with its name: named, with a confidence of at least ``threshold``."""
+        return self.name != UNKNOWN and self.confidence >= threshold
 
 
 @dataclass(frozen=True)
