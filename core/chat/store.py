@@ -12,10 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, UniqueConstraint, select, update
+from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.storage.store import Base, Store, _now
+from core.vision.results import DEFAULT_SURE_CONFIDENCE
 
 
 class ChatKind(StrEnum):
@@ -32,12 +33,18 @@ class TitleLanguage(StrEnum):
 
 @dataclass(frozen=True)
 class ChatSettings:
-    """Per-chat choices; ``auto_analyze`` None means the default for the kind of chat."""
+    """Per-chat choices; ``auto_analyze`` None means the default for the kind of chat. ``sure_threshold``: a head
+    named with a lower confidence is shown as "not sure", its guesses behind a button (``Head.is_sure``)."""
 
     auto_analyze: bool | None = None
     top_n: int = 3
     nsfw_spoilers: bool = True
     title_language: TitleLanguage = TitleLanguage.ROMAJI
+    sure_threshold: float = DEFAULT_SURE_CONFIDENCE
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sure_threshold <= 1.0:
+            raise ValueError(f"sure_threshold must be from 0 to 1, not {self.sure_threshold!r}")
 
     def auto_analyze_in(self, kind: ChatKind) -> bool:
         if self.auto_analyze is not None:
@@ -55,6 +62,8 @@ class ChatSettingsRow(Base):
     top_n: Mapped[int] = mapped_column(Integer, default=3)
     nsfw_spoilers: Mapped[int] = mapped_column(Integer, default=1)
     title_language: Mapped[str] = mapped_column(String(16), default=TitleLanguage.ROMAJI.value)
+    # added with "not sure" answers: nullable, so create_all adds it; NULL = DEFAULT_SURE_CONFIDENCE
+    sure_threshold: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
 
@@ -158,6 +167,9 @@ class ChatStore:
                 top_n=row.top_n,
                 nsfw_spoilers=bool(row.nsfw_spoilers),
                 title_language=TitleLanguage(row.title_language),
+                sure_threshold=(
+                    DEFAULT_SURE_CONFIDENCE if row.sure_threshold is None else float(row.sure_threshold)
+                ),
             )
 
     def update_settings(self, platform: str, chat_id: str, **changes: Any) -> ChatSettings:
@@ -172,6 +184,7 @@ class ChatStore:
             "top_n": new.top_n,
             "nsfw_spoilers": int(new.nsfw_spoilers),
             "title_language": new.title_language.value,
+            "sure_threshold": new.sure_threshold,
         }
         with self.store.session() as s:
             stmt = self.store._insert(ChatSettingsRow).values(
