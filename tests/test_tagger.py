@@ -16,6 +16,7 @@ from PIL import Image
 from core.settings import Settings
 from core.vision.slots.base import Manifest, file_sha256
 from core.vision.slots.tagger import (
+    CATEGORY_CHARACTER,
     CATEGORY_RATING,
     TAGGER_LOADERS,
     TagDef,
@@ -217,8 +218,8 @@ def test_no_rating_vocabulary_gives_no_rating(tmp_path: Path) -> None:
 
 
 def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
-    from core.datasets.synth import render_scene
-    from core.learning.starter.tagger import synth_vocabulary, train_starter_tagger
+    from core.datasets.synth import CAST, render_scene
+    from core.learning.starter.tagger import cast_character_tag, synth_vocabulary, train_starter_tagger
 
     stages: list[tuple[str, float]] = []
     manifest = train_starter_tagger(
@@ -237,9 +238,13 @@ def test_train_starter_tagger_tiny(tmp_path: Path) -> None:
         path = loaded.path(role)
         assert path.is_file() and loaded.sha256[path.name] == file_sha256(path)
     assert 0.0 < loaded.thresholds["general"] < 1.0
-    assert set(loaded.extra["per_tag_f1"]) == set(synth_vocabulary())
+    # the general tags, then the synthetic cast's character tags (WD14 category 4), named as Danbooru writes them
+    cast = [cast_character_tag(c) for c in CAST]
+    assert loaded.extra["characters"] == cast and "natsu_tachibana_(forest_song)" in cast
+    assert set(loaded.extra["per_tag_f1"]) == set(synth_vocabulary()) | set(cast)
 
     tags = read_selected_tags(loaded.path("tags"))
+    assert [t.name for t in tags if t.category == CATEGORY_CHARACTER] == cast
     assert [t.name for t in tags if t.category == CATEGORY_RATING] == [
         "general",
         "sensitive",

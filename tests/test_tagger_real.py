@@ -78,8 +78,13 @@ def test_tagger_trains_with_pretrained_weights_on_a_flat_set_and_stays_quiet_on_
     assert extra["n_real_train"] == len(splits.train)
     supported = set(extra["real_supported_tags"])
     looks = {t for label in FLAT_STAND_INS for t in canonical_tags(label)}
-    assert supported and supported <= looks  # only what a canonical look names is a real positive
+    # only what a canonical look names, and the face's own character tag, is a real positive
+    assert supported and supported <= looks | set(FLAT_STAND_INS)
     assert "cat_ears" in synth_vocabulary() and "cat_ears" not in supported
+    # the face set's characters are character tags too, after the synthetic cast's; only theirs have real support
+    characters = extra["characters"]
+    assert characters[-len(FLAT_STAND_INS) :] == sorted(FLAT_STAND_INS)
+    assert {c for c in characters if c in supported} <= set(FLAT_STAND_INS)
 
     loaded = Manifest.load(tmp_path / "tagger")
     tagger = TAGGER_LOADERS[loaded.format](loaded, Settings(_env_file=None))

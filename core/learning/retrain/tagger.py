@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.characters.danbooru import from_tag, same_character
 from core.learning.retrain.base import (
     NothingToLearn,
     RetrainInputs,
@@ -83,7 +84,13 @@ from core.storage.shared_store import file_sha256, write_atomic
 from core.storage.store import ReferenceInfo
 from core.vision.slots.base import Manifest
 from core.vision.slots.registry import load_slot
-from core.vision.slots.tagger import CATEGORY_GENERAL, Wd14Tagger, read_selected_tags, wd14_preprocess
+from core.vision.slots.tagger import (
+    CATEGORY_CHARACTER,
+    CATEGORY_GENERAL,
+    Wd14Tagger,
+    read_selected_tags,
+    wd14_preprocess,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +127,15 @@ def reference_set(
     families the look names are known), and how many there were."""
     looks = _reference_looks()
     index = {t: i for i, t in enumerate(vocab)}
-    chosen = [(image, looks[(r.name, r.series)]) for r, image in refs if (r.name, r.series) in looks]
+    characters = vocabulary_characters(vocab)
+    character_cols = [index[t] for t in characters]
+    chosen = [(r, image, looks[(r.name, r.series)]) for r, image in refs if (r.name, r.series) in looks]
     out = SceneSet.empty(len(chosen), size, len(vocab), known=False)
-    for row, (image, look) in enumerate(chosen):
+    for row, (ref, image, look) in enumerate(chosen):
         out.images[row] = wd14_preprocess(image, size)[0]
         positives = [index[t] for t in look if t in index]
+        named = [t for t in characters if same_character(*danbooru_name(t), ref.name, ref.series)]
+        positives += [index[t] for t in named[:1]]  # the taught character's own tag, when the tagger has one
         out.tags[row, positives] = 1.0
         w, h = image.size
         f = size / max(w, h)
@@ -133,7 +144,18 @@ def reference_set(
         out.head_tags[row, 0, positives] = 1.0
         out.valid[row, 0] = True
         out.known[row] = weakly_known(vocab, look)
+        out.known[row, character_cols] = True
     return out, len(chosen)
+
+
+def vocabulary_characters(vocab: list[str]) -> list[str]:
+    """The character tags of a starter tagger's vocabulary: whatever follows the synthetic general tags."""
+    return [t for t in vocab if t not in set(synth_vocabulary())]
+
+
+def danbooru_name(tag: str) -> tuple[str, str]:
+    written = from_tag(tag)
+    return written.name, written.series
 
 
 def _check_trainable(base: Manifest) -> tuple[list[str], dict[str, Any]]:
@@ -148,13 +170,15 @@ def _check_trainable(base: Manifest) -> tuple[list[str], dict[str, Any]]:
             f"the active tagger {base.name} has no trainable weights (a starter tagger's model.pt): it can only be "
             "replaced (`anibot models build tagger` trains one that can be retrained)"
         )
-    vocab = [t.name for t in read_selected_tags(base.path("tags")) if t.category == CATEGORY_GENERAL]
+    rows = read_selected_tags(base.path("tags"))
+    vocab = [t.name for t in rows if t.category == CATEGORY_GENERAL]
     if vocab != synth_vocabulary():
         raise NothingToLearn(
             f"the tagger {base.name} was trained on another tag vocabulary than core.datasets.synth renders now: "
             "build a new starter tagger instead of retraining it"
         )
-    return vocab, spec
+    # the general tags, then the character tags (starter taggers before character tags had none)
+    return vocab + [t.name for t in rows if t.category == CATEGORY_CHARACTER], spec
 
 
 def _save_checkpoint(path: Path, epoch: int, net: Any, optimizer: Any, scheduler: Any, gen: Any) -> None:
@@ -192,7 +216,7 @@ def _train(
 ) -> None:
     """Fine-tune ``model.net`` in place on ``train``, from the checkpoint when there is one."""
     net = model.net
-    per_girl = character_tags()
+    per_girl = character_tags() | set(vocabulary_characters(vocab))
     cell_idx = [i for i, t in enumerate(vocab) if t in per_girl]
     pooled_idx = [i for i, t in enumerate(vocab) if t not in per_girl]
     n_r, batch_size, epochs = len(RATINGS), state["batch_size"], state["epochs"]
@@ -335,7 +359,12 @@ def retrain_tagger(inputs: RetrainInputs, ctx: TrainingContext) -> RetrainOutcom
 
                 splits = load_face_splits(Path(settings.faces_dir), seed=0)
                 labels = [i.label for i in splits.train]
-                train = concat_sets(train, render_real_faces(load_images(splits.train), labels, size, vocab))
+                train = concat_sets(
+                    train,
+                    render_real_faces(
+                        load_images(splits.train), labels, size, vocab, vocabulary_characters(vocab)
+                    ),
+                )
             state["n_taught"] = n_taught
             stage_progress(ctx, "preparing", 0.1)
             try:

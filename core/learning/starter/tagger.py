@@ -62,7 +62,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core.characters.danbooru import to_tag
 from core.datasets.real_faces import CANONICAL_LOOKS, UNSURE_LOOKS, canonical_tags, load_images
 from core.datasets.synth import (
     ACCESSORIES,
@@ -104,6 +105,7 @@ from core.learning.starter.common import (
 from core.vision.results import Box
 from core.vision.slots.base import Manifest, file_sha256
 from core.vision.slots.tagger import (
+    CATEGORY_CHARACTER,
     CATEGORY_GENERAL,
     CATEGORY_RATING,
     TagDef,
@@ -136,6 +138,19 @@ def character_tags() -> set[str]:
         for hair in HAIR_COLOURS:
             for eye in EYE_COLOURS:
                 tags.update(CharacterSpec("_", "_", "_", hair, style, eye, ACCESSORIES).tags)
+    return tags
+
+
+def cast_character_tag(spec: CharacterSpec) -> str:
+    """The Danbooru character tag of a synthetic cast member: ``aoi_sakuragi_(synthetic_skies)``."""
+    return to_tag(spec.name, spec.series)
+
+
+def tagger_characters(face_labels: Sequence[str] = ()) -> list[str]:
+    """The character tags (WD14 category 4) the starter tagger learns: the synthetic cast's, then the real face sets'
+    characters (their labels are Danbooru names already: ``hatsune_miku``), without repeats."""
+    tags = [cast_character_tag(c) for c in CAST]
+    tags += sorted({label for label in face_labels if label and label not in tags})
     return tags
 
 
@@ -196,23 +211,38 @@ def render_set(seeds: range, size: int, vocab: list[str]) -> SceneSet:
         for j, head in enumerate(scene.heads):
             b = head.box
             out.boxes[row, j] = ((b.x1 + dx) * f, (b.y1 + dy) * f, (b.x2 + dx) * f, (b.y2 + dy) * f)
-            out.head_tags[
-                row, j, [index[t] for t in (*CAST_BY_KEY[head.character].tags, head.expression)]
-            ] = 1.0
+            spec = CAST_BY_KEY[head.character]
+            girl = [index[t] for t in (*spec.tags, head.expression)]
+            character = index.get(cast_character_tag(spec))
+            if character is not None:  # a vocabulary with character tags: she is named too
+                girl.append(character)
+                out.tags[row, character] = 1.0
+            out.head_tags[row, j, girl] = 1.0
             out.valid[row, j] = True
     return out
 
 
-def render_real_faces(images: list[Image.Image], labels: list[str], size: int, vocab: list[str]) -> SceneSet:
+def render_real_faces(
+    images: list[Image.Image],
+    labels: list[str],
+    size: int,
+    vocab: list[str],
+    characters: Collection[str] = (),
+) -> SceneSet:
     """Real face crops as single-head pictures labelled with their character's canonical look (weak labels:
-    only the tag families the look names are known)."""
+    only the tag families the look names are known) and, where ``characters`` (the vocabulary's character tags)
+    holds the face's label, with that character tag (every character tag is known on a face crop: one
+    character)."""
     index = {t: i for i, t in enumerate(vocab)}
+    character_cols = [index[t] for t in characters if t in index]
     n = len(images)
     out = SceneSet.empty(n, size, len(vocab), known=False)
     for row, (image, label) in enumerate(zip(images, labels, strict=True)):
         look = canonical_tags(label)
         out.images[row] = wd14_preprocess(image, size)[0]
         positives = [index[t] for t in look if t in index]
+        if character_cols and label in index and label in characters:
+            positives.append(index[label])
         out.tags[row, positives] = 1.0
         w, h = image.size
         side = max(w, h)
@@ -222,6 +252,7 @@ def render_real_faces(images: list[Image.Image], labels: list[str], size: int, v
         out.head_tags[row, 0, positives] = 1.0
         out.valid[row, 0] = True
         out.known[row] = weakly_known(vocab, look, UNSURE_LOOKS.get(label, ()))
+        out.known[row, character_cols] = True
     return out
 
 
@@ -667,8 +698,11 @@ def _train(
     started = time.monotonic()
     seed_everything(seed)
     device = choose_device("auto")
-    vocab = synth_vocabulary()
-    per_girl = character_tags()
+    splits = load_face_sets(face_roots, seed=seed).splits if face_roots else None
+    characters = tagger_characters(splits.labels if splits is not None else ())
+    general = synth_vocabulary()
+    vocab = general + characters  # the general tags, then the character tags (WD14 category 4)
+    per_girl = character_tags() | set(characters)
     cell_idx = [i for i, t in enumerate(vocab) if t in per_girl]
     pooled_idx = [i for i, t in enumerate(vocab) if t not in per_girl]  # counts: 1girl, solo, 2girls, ...
     n_r = len(RATINGS)
@@ -682,10 +716,9 @@ def _train(
     n_synthetic = n_train
     real_val: SceneSet | None = None
     n_real_train = 0
-    if face_roots:
-        splits = load_face_sets(face_roots, seed=seed).splits
+    if splits is not None:
         real = render_real_faces(
-            load_images(splits.train), [i.label for i in splits.train], input_size, vocab
+            load_images(splits.train), [i.label for i in splits.train], input_size, vocab, characters
         )
         n_real_train = len(real.images)
         for _ in range(
@@ -693,7 +726,7 @@ def _train(
         ):  # each real face once per repeat and epoch (fresh augmentations)
             train = concat_sets(train, real)
         real_val = render_real_faces(
-            load_images(splits.val), [i.label for i in splits.val], input_size, vocab
+            load_images(splits.val), [i.label for i in splits.val], input_size, vocab, characters
         )
         n_train = len(train.images)
     has_real = bool(train.real.any())
@@ -824,7 +857,10 @@ def _train(
     counts = tags.sum(0).long().tolist()
     rating_counts = torch.bincount(ratings[~train.real], minlength=n_r).tolist()
     tag_defs = [TagDef(i, name, CATEGORY_RATING, rating_counts[i]) for i, name in enumerate(RATINGS)]
-    tag_defs += [TagDef(n_r + i, name, CATEGORY_GENERAL, counts[i]) for i, name in enumerate(vocab)]
+    tag_defs += [
+        TagDef(n_r + i, name, CATEGORY_CHARACTER if name in characters else CATEGORY_GENERAL, counts[i])
+        for i, name in enumerate(vocab)
+    ]
     write_selected_tags(tags_path, tag_defs)
 
     tagger = Wd14Tagger(onnx_path, tags_path, version="validation")
@@ -847,7 +883,8 @@ def _train(
         format="wd14-onnx",
         files={"onnx": onnx_path.name, "tags": tags_path.name, "torch": torch_path.name},
         sha256={p.name: file_sha256(p) for p in (onnx_path, tags_path, torch_path)},
-        thresholds={"general": threshold, "character": 0.85},
+        # one threshold for both categories: the per-tag scales in the ONNX carry each tag's own threshold
+        thresholds={"general": threshold, "character": threshold},
         input_size=input_size,
         provenance=(
             f"trained here by core.learning.starter.tagger ({_backbone_text(backbone, pretrained, frozen_blocks)},"
@@ -883,6 +920,7 @@ def _train(
                 t: None if np.isnan(f) else round(float(f), 4) for t, f in zip(vocab, per_tag, strict=True)
             },
             "tag_thresholds": {t: round(float(th), 3) for t, th in zip(vocab, tag_thresholds, strict=True)},
+            "characters": characters,
             "real_supported_tags": [t for t, ok in zip(vocab, supported, strict=True) if ok],
             "left_out_tags": left_out,
             "rating_accuracy": round(rating_acc, 4),
