@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind
 from core.chat.store import ChatSettings
-from core.vision.results import UNKNOWN, AnalysisResult, Head
+from core.vision.results import (
+    DEFAULT_SURE_CONFIDENCE,
+    SOURCE_BOTH,
+    SOURCE_GALLERY,
+    SOURCE_TAGGER,
+    UNKNOWN,
+    AnalysisResult,
+    Candidate,
+    Head,
+)
 
 NSFW_RATINGS = frozenset({"questionable", "explicit"})
 SHOWN_TAGS = 15
@@ -15,22 +24,48 @@ def percent(confidence: float) -> str:
     return f"{round(confidence * 100)}%"
 
 
-def head_title(index: int, head: Head) -> str:
-    if head.name == UNKNOWN:
-        return f"#{index} unknown"
-    return f"#{index} {head.name} ({percent(head.confidence)})"
+NOT_SURE = "not sure"
+# where a named head's name came from, as its title says it (older results have no source: nothing is said)
+SOURCE_LABELS = {
+    SOURCE_GALLERY: "from the gallery",
+    SOURCE_TAGGER: "from the tagger",
+    SOURCE_BOTH: "both agree",
+}
+GUESSES_BUTTON = "Show guesses"
+
+
+def head_title(index: int, head: Head, sure_threshold: float = DEFAULT_SURE_CONFIDENCE) -> str:
+    """``#1 Name (91%, from the gallery)`` for a head named surely enough, else ``#1 not sure``: below the chat's
+    threshold no name is shown at all (a confident wrong name is worse than none)."""
+    if not head.is_sure(sure_threshold):
+        return f"#{index} {NOT_SURE}"
+    source = SOURCE_LABELS.get(head.source)
+    return f"#{index} {head.name} ({percent(head.confidence)}{f', {source}' if source else ''})"
+
+
+def candidate_line(rank: int, candidate: Candidate) -> str:
+    series = f" ({candidate.series})" if candidate.series else ""
+    # the gallery is where most names come from: only the others are said
+    source = SOURCE_LABELS.get(candidate.source) if candidate.source != SOURCE_GALLERY else None
+    return f"{rank}. {candidate.name}{series}: {percent(candidate.confidence)}" + (
+        f", {source}" if source else ""
+    )
 
 
 def candidate_lines(head: Head, limit: int) -> str:
     if not head.candidates:
         return "no candidates (identification unavailable)"
-    lines = []
-    for rank, candidate in enumerate(head.candidates[:limit], start=1):
-        series = f" ({candidate.series})" if candidate.series else ""
-        lines.append(f"{rank}. {candidate.name}{series}: {percent(candidate.confidence)}")
+    lines = [candidate_line(rank, c) for rank, c in enumerate(head.candidates[:limit], start=1)]
     if head.name == UNKNOWN:
         lines.insert(0, "not in my gallery; closest:")
     return "\n".join(lines)
+
+
+def unsure_line(head: Head) -> str:
+    """What the answer says of a head it is not sure of: no names, only where its guesses are."""
+    if not head.candidates:
+        return "no candidates (identification unavailable)"
+    return f"I can't tell who this is; my best guesses are behind “{GUESSES_BUTTON}”."
 
 
 def listed_heads(result: AnalysisResult, limit: int = SHOWN_HEADS) -> tuple[list[tuple[int, Head]], int]:
@@ -64,15 +99,25 @@ def analysis_reply(
     max_heads: int = SHOWN_HEADS,
 ) -> Reply:
     """The answer to a picture: the annotated picture (a reply-sized JPEG), the largest ``max_heads`` heads with
-    their candidates, tags, rating and caption, and the result buttons."""
+    their candidates, tags, rating and caption, and the result buttons. A head below the chat's
+    ``sure_threshold`` is "not sure": no name, its guesses behind the "Show guesses" button."""
     heads = result.heads
+    threshold = chat.sure_threshold
     if heads:
-        named = sum(h.name != UNKNOWN for h in heads)
+        named = sum(h.is_sure(threshold) for h in heads)
         title = f"{len(heads)} head{'s' * (len(heads) != 1)} found, {named} named"
+        if named < len(heads):
+            title += f", {len(heads) - named} {NOT_SURE}"
     else:
         title = "No character heads found"
     listed, left_out = listed_heads(result, max_heads)
-    fields = [ReplyField(head_title(i, h), candidate_lines(h, chat.top_n)) for i, h in listed]
+    fields = [
+        ReplyField(
+            head_title(i, h, threshold),
+            candidate_lines(h, chat.top_n) if h.is_sure(threshold) else unsure_line(h),
+        )
+        for i, h in listed
+    ]
     if left_out:
         fields.append(left_out_field(left_out, max_heads))
     general = [t.name.replace("_", " ") for t in result.tags if t.category == "general"][:SHOWN_TAGS]
@@ -87,6 +132,8 @@ def analysis_reply(
     buttons: tuple[Button, ...] = ()
     if heads:
         buttons = (Button("More candidates", "more", job_id), Button("Wrong? Tell me who", "wrong", job_id))
+    if any(not h.is_sure(threshold) and h.candidates for _, h in listed):
+        buttons = (Button(GUESSES_BUTTON, "guesses", job_id), *buttons)
     return Reply(
         kind=ReplyKind.RESULT,
         title=title,
@@ -95,14 +142,26 @@ def analysis_reply(
         image=ReplyImage(reply_image, f"anibot-{result.image_sha256[:12]}.jpg", spoiler=spoiler),
         buttons=buttons,
         footer=f"job {job_id[:8]}" + (" · cached" if cached else ""),
-        data={"job_id": job_id, "result": result.to_dict(), "cached": cached},
+        data={
+            "job_id": job_id,
+            "result": result.to_dict(),
+            "cached": cached,
+            "sure_threshold": threshold,
+        },
     )
 
 
-def candidates_reply(result: AnalysisResult, job_id: str, max_heads: int = SHOWN_HEADS) -> Reply:
+def candidates_reply(
+    result: AnalysisResult,
+    job_id: str,
+    max_heads: int = SHOWN_HEADS,
+    sure_threshold: float = DEFAULT_SURE_CONFIDENCE,
+) -> Reply:
     """Every candidate kept for each listed head (the "More candidates" button)."""
     listed, left_out = listed_heads(result, max_heads)
-    fields = tuple(ReplyField(head_title(i, h), candidate_lines(h, len(h.candidates))) for i, h in listed)
+    fields = tuple(
+        ReplyField(head_title(i, h, sure_threshold), candidate_lines(h, len(h.candidates))) for i, h in listed
+    )
     if left_out:
         fields += (left_out_field(left_out, max_heads),)
     return Reply(
@@ -111,4 +170,24 @@ def candidates_reply(result: AnalysisResult, job_id: str, max_heads: int = SHOWN
         fields=fields,
         footer=f"job {job_id[:8]}",
         data={"job_id": job_id, "result": result.to_dict()},
+    )
+
+
+def guesses_reply(
+    result: AnalysisResult, job_id: str, chat: ChatSettings, max_heads: int = SHOWN_HEADS
+) -> Reply:
+    """The best guesses (the chat's ``top_n``, with confidences) for each listed head the answer was not sure of
+    (the "Show guesses" button), by the chat's threshold now."""
+    listed, _ = listed_heads(result, max_heads)
+    unsure = [(i, h) for i, h in listed if not h.is_sure(chat.sure_threshold) and h.candidates]
+    fields = tuple(
+        ReplyField(head_title(i, h, chat.sure_threshold), candidate_lines(h, chat.top_n)) for i, h in unsure
+    )
+    return Reply(
+        kind=ReplyKind.RESULT,
+        title="Best guesses (not sure)" if fields else "No guesses to show",
+        text="" if fields else "I'm sure enough of every head in that picture (see /settings sure).",
+        fields=fields,
+        footer=f"job {job_id[:8]}",
+        data={"job_id": job_id, "result": result.to_dict(), "sure_threshold": chat.sure_threshold},
     )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot.invocation import IncomingImage, Invocation, Progress
 from bot.registry import ANSWERS, BUTTONS, COMMANDS
-from bot.render import analysis_reply, candidates_reply
+from bot.render import analysis_reply, candidates_reply, guesses_reply
 from bot.replies import Reply, ReplyKind, rate_limited, refusal
 from bot.waiting import Waited, WaitOutcome
 from core.characters.names import BadName, split_name_and_series
@@ -211,7 +211,18 @@ async def more_candidates(layer: CommandLayer, inv: Invocation, progress: Progre
     result = await _finished_result(layer, inv.args, inv)
     if result is None:
         return [refusal(EXPIRED, "expired")]
-    return [candidates_reply(result, inv.args, layer.settings.reply_max_heads)]
+    chat = await layer.chat_settings(inv)
+    return [candidates_reply(result, inv.args, layer.settings.reply_max_heads, chat.sure_threshold)]
+
+
+@BUTTONS.action("guesses")
+async def show_guesses(layer: CommandLayer, inv: Invocation, progress: Progress) -> list[Reply]:
+    """The best guesses for the heads an answer was not sure of, from the stored result (no new job)."""
+    result = await _finished_result(layer, inv.args, inv)
+    if result is None:
+        return [refusal(EXPIRED, "expired")]
+    chat = await layer.chat_settings(inv)
+    return [guesses_reply(result, inv.args, chat, layer.settings.reply_max_heads)]
 
 
 @BUTTONS.action("wrong")
