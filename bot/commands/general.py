@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from bot.invocation import Invocation, Progress
 from bot.numbers import ascii_int_in
 from bot.registry import COMMANDS, Permission
+from bot.render import percent
 from bot.replies import Reply, ReplyField, ReplyKind
 from core.chat.store import TitleLanguage
+from core.vision.results import DEFAULT_SURE_CONFIDENCE
 from workers.celery_app import ANALYZE_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:
@@ -65,12 +68,36 @@ def _top_n(value: str) -> int:
     return n
 
 
+_FRACTION = re.compile(r"(?:0|1)?(?:\.[0-9]{1,4})?")  # ASCII only: 0.6, .6, 1, 0
+_PERCENT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,2})?)%")  # 60%, 62.5%
+
+
+def _sure(value: str) -> float:
+    """A confidence as a fraction from 0 to 1 (``0.6``) or a percentage (``60%``)."""
+    bad = ValueError("use a confidence from 0 to 1 (e.g. 0.6) or a percentage (e.g. 60%)")
+    if percentage := _PERCENT.fullmatch(value):
+        number = float(percentage.group(1)) / 100
+    elif value and value != "." and _FRACTION.fullmatch(value):
+        number = float(value)
+    else:
+        raise bad
+    if not 0.0 <= number <= 1.0:
+        raise bad
+    return number
+
+
 # /settings NAME VALUE: the chat setting each name changes, and how its value is read
 SETTINGS = {
     "auto": ("auto_analyze", _switch, "answer every picture posted here (on/off)"),
     "topn": ("top_n", _top_n, "candidates shown per head (1-10)"),
     "spoilers": ("nsfw_spoilers", _switch, "hide questionable/explicit pictures behind a spoiler (on/off)"),
     "language": ("title_language", TitleLanguage, "anime titles in romaji, english or japanese"),
+    "sure": (
+        "sure_threshold",
+        _sure,
+        'name a head only when at least this sure (0-100%, e.g. 60%); below it I say "not sure" and keep '
+        "my guesses behind a button",
+    ),
 }
 
 
@@ -81,6 +108,8 @@ def _settings_reply(chat, inv: Invocation) -> Reply:  # type: ignore[no-untyped-
         "topn": str(chat.top_n),
         "spoilers": "on" if chat.nsfw_spoilers else "off",
         "language": chat.title_language.value,
+        "sure": percent(chat.sure_threshold)
+        + (" (default)" if chat.sure_threshold == DEFAULT_SURE_CONFIDENCE else ""),
     }
     fields = tuple(
         ReplyField(f"{name}: {values[name]}", help_text) for name, (_, _, help_text) in SETTINGS.items()
@@ -95,7 +124,7 @@ def _settings_reply(chat, inv: Invocation) -> Reply:  # type: ignore[no-untyped-
 @COMMANDS.command(
     "settings",
     summary="Show or change this chat's settings (chat admins)",
-    usage="/settings [auto|topn|spoilers|language] [value]",
+    usage="/settings [auto|topn|spoilers|language|sure] [value]",
     permission=Permission.CHAT_ADMIN,
     argument="change",
 )
