@@ -94,6 +94,23 @@ def test_chain_covers_names(chain: FontChain) -> None:
     assert FontChain.discover(DROID).paths[0] == str(DROID)  # a preferred font goes first
 
 
+def test_a_head_below_the_sure_threshold_is_drawn_like_an_unknown_one(chain: FontChain) -> None:
+    """No name on the picture for a head the answer calls "not sure": grey, labelled "?" like an unknown head."""
+    image = Image.new("RGB", (320, 240), (128, 128, 128))
+    box = Box(30, 60, 130, 200)
+    unsure = make_result(Head(box=box, detection_score=0.9, name="Hatsune Miku", confidence=0.3))
+    unknown = make_result(Head(box=box, detection_score=0.9, name=UNKNOWN, confidence=0.7))
+    assert head_colours(unsure) == [UNKNOWN_COLOUR]
+    drawn = annotate(image, unsure, fonts=chain)
+    assert drawn.tobytes() == annotate(image, unknown, fonts=chain).tobytes()
+    # a chat-independent default: a lower threshold names it, in a palette colour, with a longer label
+    lenient = annotate(image, unsure, fonts=chain, sure=0.2)
+    assert head_colours(unsure, sure=0.2) == [PALETTE[0]] and lenient.getpixel((30, 130)) == PALETTE[0]
+    label_row = [lenient.getpixel((x, 58)) for x in range(320)]
+    grey_row = [drawn.getpixel((x, 58)) for x in range(320)]
+    assert label_row.count(PALETTE[0]) > 2 * grey_row.count(UNKNOWN_COLOUR) > 0
+
+
 def test_label_text_contrasts_with_background() -> None:
     assert _text_colour((255, 200, 0)) == (0, 0, 0) and _text_colour(UNKNOWN_COLOUR) == (0, 0, 0)
     assert _text_colour((0, 0, 128)) == (255, 255, 255) and _text_colour(PALETTE[0]) == (255, 255, 255)

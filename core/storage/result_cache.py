@@ -26,8 +26,9 @@ class CachedAnalysis:
 
 
 def cache_key(image_sha256: str, fingerprint: str, top_n: int) -> str:
-    # "reply=jpeg": entries made before reply pictures were reply-sized JPEGs (full-size PNGs) are not reused
-    options = hashlib.sha256(f"{fingerprint}|top_n={top_n}|reply=jpeg".encode()).hexdigest()[:24]
+    # "reply=jpeg": entries made before reply pictures were reply-sized JPEGs (full-size PNGs) are not reused;
+    # "unsure=?": nor those drawn before a head below DEFAULT_SURE_CONFIDENCE was labelled "?" (core.vision.annotate)
+    options = hashlib.sha256(f"{fingerprint}|top_n={top_n}|reply=jpeg|unsure=?".encode()).hexdigest()[:24]
     return f"{CACHE_PREFIX}{image_sha256}:{options}"
 
 

@@ -1,4 +1,4 @@
-"""Draw an AnalysisResult onto its image: a box per head and a "Name 93%" label."""
+"""Draw an AnalysisResult onto its image: a box per head and a "Name 93%" label ("?" on grey when not sure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 from PIL import Image, ImageDraw
 
 from core.vision.fonts import FontChain, default_chain
-from core.vision.results import UNKNOWN, AnalysisResult, Head
+from core.vision.results import DEFAULT_SURE_CONFIDENCE, AnalysisResult, Head
 
 # Saturated colours that stay apart from each other and from the UNKNOWN grey (Kelly / Tableau mix).
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -23,6 +23,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 128),
 )
 UNKNOWN_COLOUR = (150, 150, 150)
+NOT_SURE_LABEL = "?"  # the answer's "not sure": no name drawn below the threshold
 
 
 def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -32,9 +33,9 @@ def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 0.179 else (255, 255, 255)
 
 
-def _label(head: Head) -> str:
-    if head.name == UNKNOWN:
-        return UNKNOWN
+def _label(head: Head, sure: float = DEFAULT_SURE_CONFIDENCE) -> str:
+    if not head.is_sure(sure):
+        return NOT_SURE_LABEL
     return f"{head.name} {round(head.confidence * 100)}%"
 
 
@@ -48,11 +49,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def head_colours(result: AnalysisResult) -> list[tuple[int, int, int]]:
-    """Box colour of each head: palette colours in order for named heads, grey for UNKNOWN."""
+def head_colours(result: AnalysisResult, sure: float = DEFAULT_SURE_CONFIDENCE) -> list[tuple[int, int, int]]:
+    """Box colour of each head: palette colours in order for named heads, grey for UNKNOWN and for a name below
+    ``sure`` (see ``Head.is_sure``)."""
     colours, i = [], 0
     for head in result.heads:
-        if head.name == UNKNOWN:
+        if not head.is_sure(sure):
             colours.append(UNKNOWN_COLOUR)
         else:
             colours.append(PALETTE[i % len(PALETTE)])
@@ -60,8 +62,16 @@ def head_colours(result: AnalysisResult) -> list[tuple[int, int, int]]:
     return colours
 
 
-def annotate(image: Image.Image, result: AnalysisResult, *, fonts: FontChain | None = None) -> Image.Image:
-    """Return a new RGB image with each head boxed and labelled; ``image`` is not modified."""
+def annotate(
+    image: Image.Image,
+    result: AnalysisResult,
+    *,
+    fonts: FontChain | None = None,
+    sure: float = DEFAULT_SURE_CONFIDENCE,
+) -> Image.Image:
+    """Return a new RGB image with each head boxed and labelled; ``image`` is not modified. A head not named at
+    ``sure`` or above is grey and labelled "?": the picture, drawn once for every chat, never shows a name the
+    answer would call "not sure" by default."""
     fonts = fonts or default_chain()
     out = _to_rgb(image)
     w, h = out.size
@@ -73,14 +83,14 @@ def annotate(image: Image.Image, result: AnalysisResult, *, fonts: FontChain | N
     draw = ImageDraw.Draw(out)
 
     placed = []
-    for head, colour in zip(result.heads, head_colours(result), strict=True):
+    for head, colour in zip(result.heads, head_colours(result, sure), strict=True):
         b = head.box
         x1 = min(max(0, round(b.x1 * sx)), w - 1)
         y1 = min(max(0, round(b.y1 * sy)), h - 1)
         x2 = min(max(x1, round(b.x2 * sx)), w - 1)
         y2 = min(max(y1, round(b.y2 * sy)), h - 1)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
-        placed.append((x1, y1, colour, _label(head)))
+        placed.append((x1, y1, colour, _label(head, sure)))
 
     # labels after all boxes, so no box line crosses a label
     for x1, y1, colour, text in placed:
