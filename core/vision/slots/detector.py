@@ -9,6 +9,11 @@ Manifest formats served (see :data:`DETECTOR_LOADERS`):
 
 Thresholds: the manifest's ``thresholds["confidence"]`` / ``thresholds["iou"]`` unless the settings set
 ``detector_confidence`` / ``detector_iou`` explicitly (environment, ``.env`` or arguments): then the settings win.
+
+Preprocessing of ``yolo-onnx``: the manifest's ``extra["resize"]``, ``"letterbox"`` (the default: ultralytics'
+own, the picture fitted with its ratio kept onto grey padding) or ``"stretch"`` (a plain resize to the input size,
+ratio not kept, no padding: what deepghs/imgutils' ``yolo_predict`` feeds these models, PIL's bicubic resize and
+``/ 255`` in float64, so an installed deepghs model sees exactly the pixels imgutils gives it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from core.vision.slots.onnx_runtime import onnx_providers, onnx_session
 log = logging.getLogger(__name__)
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
+RESIZE_MODES = ("letterbox", "stretch")  # manifest extra["resize"] of a yolo-onnx detector
 MAX_NMS_CANDIDATES = 30_000  # as ultralytics: the best candidates kept before NMS
 MAX_DETECTIONS = 300
 DEFAULT_LABELS = {0: "head"}
@@ -80,6 +86,30 @@ def letterbox(
     left, right = round(dw - 0.1), round(dw + 0.1)
     padded = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
     return padded, Letterbox(new_w / w, new_h / h, left, top, w, h)
+
+
+def stretch(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``image`` to ``size`` = (height, width) ignoring its ratio: no padding, each axis its own gain.
+
+    The plain resize of deepghs/imgutils' ``_image_preprocess`` (``image.resize((width, height))``: PIL's default
+    filter for RGB, bicubic); boxes map back as imgutils' ``_xy_postprocess`` does, ``x / width * original``.
+    Returns the resized (h, w, 3) uint8 RGB array and the box map.
+    """
+    rgb = image.convert("RGB")
+    out_h, out_w = size
+    resized = rgb if rgb.size == (out_w, out_h) else rgb.resize((out_w, out_h), Image.Resampling.BICUBIC)
+    return np.asarray(resized), Letterbox(out_w / rgb.width, out_h / rgb.height, 0, 0, rgb.width, rgb.height)
+
+
+def resize_mode(manifest: Manifest) -> str:
+    """The manifest's ``extra["resize"]`` (``"letterbox"`` when absent); anything else is a clear error."""
+    mode = manifest.extra.get("resize", "letterbox")
+    if mode not in RESIZE_MODES:
+        raise ValueError(
+            f"{manifest.name}: extra.resize {mode!r} is not a detector preprocessing; use one of "
+            f"{', '.join(RESIZE_MODES)}"
+        )
+    return str(mode)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -217,9 +247,13 @@ def effective_thresholds(manifest: Manifest, settings: Settings) -> tuple[float,
     return confidence, iou
 
 
-def _version_for(manifest: Manifest, confidence: float, iou: float) -> str:
-    """The manifest's version, changed when the thresholds in use differ from its own."""
-    return replace(manifest, thresholds={**manifest.thresholds, "confidence": confidence, "iou": iou}).version
+def _version_for(manifest: Manifest, confidence: float, iou: float, resize: str = "letterbox") -> str:
+    """The manifest's version, changed when the thresholds in use differ from its own, and by a plain resize
+    (cached results of the letterboxed model are not the stretched one's)."""
+    used = {**manifest.thresholds, "confidence": confidence, "iou": iou}
+    if resize != "letterbox":
+        used[f"resize:{resize}"] = 1.0
+    return replace(manifest, thresholds=used).version
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------------------------
@@ -227,6 +261,8 @@ def _version_for(manifest: Manifest, confidence: float, iou: float) -> str:
 
 class OnnxYoloDetector:
     """An ultralytics YOLO detection ONNX export run by ONNX Runtime (one session, thread-safe ``detect``)."""
+
+    resize: str = "letterbox"  # or "stretch" (imgutils' plain resize): the manifest's extra["resize"]
 
     def __init__(
         self,
@@ -258,18 +294,26 @@ class OnnxYoloDetector:
     @classmethod
     def from_manifest(cls, manifest: Manifest, settings: Settings) -> OnnxYoloDetector:
         confidence, iou = effective_thresholds(manifest, settings)
-        return cls(
+        resize = resize_mode(manifest)
+        detector = cls(
             manifest.path("onnx"),
-            version=_version_for(manifest, confidence, iou),
+            version=_version_for(manifest, confidence, iou, resize),
             confidence=confidence,
             iou=iou,
             providers=onnx_providers(settings.device),
             threads=settings.onnx_threads,
             input_size=manifest.input_size,
         )
+        detector.resize = resize
+        return detector
 
     def preprocess(self, image: Image.Image) -> tuple[np.ndarray, Letterbox]:
-        """NCHW input in [0, 1] (RGB, letterboxed) and how to map boxes back."""
+        """NCHW input in [0, 1] (RGB; letterboxed, or stretched as imgutils does) and how to map boxes back."""
+        if self.resize == "stretch":
+            resized, box_map = stretch(image, self.imgsz)
+            # as imgutils' rgb_encode: divided in float64, then cast
+            tensor = (resized.transpose(2, 0, 1)[None] / 255.0).astype(self.input_dtype)
+            return np.ascontiguousarray(tensor), box_map
         rgb = np.asarray(image.convert("RGB"))
         padded, box_map = letterbox(rgb, self.imgsz)
         tensor = padded.transpose(2, 0, 1)[None].astype(self.input_dtype) / self.input_dtype(255.0)
