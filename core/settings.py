@@ -230,6 +230,12 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(
         30.0, gt=0, description="Seconds a model download may wait to connect or for the next bytes."
     )
+    hub_probe_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Seconds `anibot demo` waits for the model hub to answer before it says it is offline and "
+        "trains the starter models instead.",
+    )
 
     # --- chat front-ends -----------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")
