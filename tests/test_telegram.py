@@ -86,7 +86,8 @@ def test_a_photo_in_a_private_chat_gets_the_annotated_answer(bot_stack):
     assert photo.params["parse_mode"] == "HTML" and photo.params["has_spoiler"] is False
     assert "reply_parameters" in photo.params  # quotes the picture it answers
     labels = [b["text"] for row in photo.params["reply_markup"]["inline_keyboard"] for b in row]
-    assert labels == ["More candidates", "Wrong? Tell me who"]
+    assert labels[-2:] == ["More candidates", "Wrong? Tell me who"]
+    assert ("Show guesses" in labels) == ("not sure" in caption)  # heads below the chat's sure threshold
     assert photo.files["photo"].startswith(b"\xff\xd8\xff")  # the reply picture is a JPEG
     assert api.downloads == ["p1"]  # the largest size only, and an edited caption is no new question
     assert len(api.sent("sendPhoto", chat)) == 1
@@ -110,7 +111,8 @@ def test_a_refused_photo_still_gets_the_text_answer(bot_stack):
     answer = next(c for c in api.sent("sendMessage", chat) if "head" in c.params.get("text", ""))
     assert "<b>#1" in answer.params["text"] and answer.params["parse_mode"] == "HTML"
     labels = [b["text"] for row in answer.params["reply_markup"]["inline_keyboard"] for b in row]
-    assert labels == ["More candidates", "Wrong? Tell me who"]
+    assert labels[-2:] == ["More candidates", "Wrong? Tell me who"]
+    assert ("Show guesses" in labels) == ("not sure" in answer.params["text"])
     assert len(api.sent("sendPhoto", chat)) == 1  # tried once, not retried with the same file
     assert not any("went wrong" in c.params.get("text", "") for c in api.sent("sendMessage", chat))
 
@@ -150,7 +152,9 @@ def test_image_document_album_and_more_candidates(bot_stack):
         api.push("message", api.message(chat, chat, animation=animation, document=animation))
         await api.wait_for(lambda: len(api.sent("sendPhoto", chat)) == 4)
 
-        more, wrong = api.sent("sendPhoto", chat)[0].params["reply_markup"]["inline_keyboard"][0]
+        rows = api.sent("sendPhoto", chat)[0].params["reply_markup"]["inline_keyboard"]
+        buttons = {b["text"]: b for row in rows for b in row}
+        more, wrong = buttons["More candidates"], buttons["Wrong? Tell me who"]
         sent = api.message(chat, 999, text="result")
         for n, button in enumerate((more, wrong)):
             api.push(
@@ -352,3 +356,113 @@ def test_downloads_stop_at_the_limit_when_telegram_announces_no_size():
 
     asyncio.run(main())
     assert sent[0] < 40 * limit  # the reading stopped near the limit, not at the server's end
+
+
+# --- "not sure" answers: a chosen result seeded in the result cache (no worker, no models) --------------------
+
+
+@pytest.fixture
+def seeded(redis_kv, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.cached_answers import SeededStack
+
+    return SeededStack(tmp_path)
+
+
+def answer_text(api: FakeBotAPI, chat: int) -> str:
+    """Everything the bot said in ``chat``: photo captions and messages, as plain text."""
+    said = [c.params.get("caption", "") for c in api.sent("sendPhoto", chat)]
+    said += [c.params.get("text", "") for c in api.sent("sendMessage", chat)]
+    return plain("\n".join(said))
+
+
+def plain(telegram_html: str) -> str:
+    return html.unescape(re.sub(r"</?(?:b|i|code)>", "", telegram_html))
+
+
+def keyboard_labels(call) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    return [[b["text"] for b in row] for row in call.params["reply_markup"]["inline_keyboard"]]
+
+
+def press(api: FakeBotAPI, chat: int, user: int, data: str) -> None:
+    api.push(
+        "callback_query",
+        {
+            "id": f"cb-{new_id()}",
+            "from": {"id": user, "is_bot": False, "first_name": "u"},
+            "chat_instance": "ci",
+            "data": data,
+            "message": api.message(chat, 999, text="result"),
+        },
+    )
+
+
+def test_a_low_confidence_head_says_not_sure_with_its_guesses_behind_a_button(seeded):
+    from tests.cached_answers import GUESSED_NAMES, picture
+
+    chat = new_id()
+    data = picture(7_700_001)
+    seeded.seed(data)
+
+    async def scenario(api: FakeBotAPI) -> None:
+        api.add_file("ns1", data)
+        api.push("message", api.message(chat, chat, photo=api.photo_sizes("ns1")))
+        await api.wait_for(lambda: api.sent("sendPhoto", chat), 30)
+        first = answer_text(api, chat)
+        assert "3 heads found, 1 named, 2 not sure" in first, first
+        assert "#1 Hatsune Miku (91%, both agree)" in first
+        assert first.count("not sure") == 3  # the title, #2 and #3
+        assert not any(name in first for name in GUESSED_NAMES), first
+        photo = api.sent("sendPhoto", chat)[0]
+        assert keyboard_labels(photo) == [["Show guesses", "More candidates"], ["Wrong? Tell me who"]]
+        guesses = photo.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        press(api, chat, chat, guesses)
+        await api.wait_for(lambda: api.sent("sendMessage", chat), 30)
+
+    api = run_bot(seeded, scenario)
+    assert len(api.sent("answerCallbackQuery")) == 1
+    [shown] = api.sent("sendMessage", chat)
+    text = plain(shown.params["text"])
+    assert "Best guesses (not sure)" in text and "Hatsune Miku" not in text
+    assert (
+        "#2 not sure\n1. Hoshino Ai (Oshi no Ko): 38%\n2. Hoshino Ruby (Oshi no Ko): 21%, from the tagger"
+        in text
+    )
+    assert "#3 not sure\nnot in my gallery; closest:\n1. Megurine Luka (Vocaloid): 12%" in text
+    assert "Arima Kana" in text  # the chat's top_n (3) guesses
+    assert len(api.sent("sendPhoto", chat)) == 1  # answered from the stored result: no new picture
+
+
+def test_the_sure_threshold_is_a_chat_admins_setting_and_changes_the_answer(seeded):
+    from tests.cached_answers import picture
+
+    group, member, admin = -new_id(), new_id(), new_id()
+    data = picture(7_700_002)
+    seeded.seed(data)
+
+    async def scenario(api: FakeBotAPI) -> None:
+        api.admins.add((group, admin))
+        api.push("message", api.message(group, member, chat_type="group", text="/settings sure 30%"))
+        await api.wait_for(lambda: api.sent("sendMessage", group), 30)
+        api.push("message", api.message(group, admin, chat_type="group", text="/settings sure 30%"))
+        await api.wait_for(lambda: len(api.sent("sendMessage", group)) == 2, 30)
+        api.add_file("ns2", data)
+        api.push(
+            "message",
+            api.message(group, member, chat_type="group", caption="/identify", photo=api.photo_sizes("ns2")),
+        )
+        await api.wait_for(lambda: api.sent("sendPhoto", group), 30)
+
+    api = run_bot(seeded, scenario)
+    refused, changed = (plain(c.params["text"]) for c in api.sent("sendMessage", group))
+    assert "admins can use /settings" in refused
+    assert "sure: 30%" in changed
+    caption = plain(api.sent("sendPhoto", group)[0].params["caption"])
+    assert "3 heads found, 2 named, 1 not sure" in caption
+    assert "#2 Hoshino Ai (38%, from the gallery)" in caption and "Megurine Luka" not in caption
+    labels = keyboard_labels(api.sent("sendPhoto", group)[0])
+    assert labels[0][0] == "Show guesses"  # the unknown head's guesses
+    from core.chat.store import ChatStore
+    from core.storage.store import Store
+
+    chats = ChatStore(Store(seeded.settings().sqlalchemy_url))
+    assert chats.settings("telegram", str(group)).sure_threshold == pytest.approx(0.3)

@@ -7,7 +7,7 @@ import re
 
 from telegram import ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.replies import CAPTION_LIMIT, Reply, cap_messages, split_text
+from bot.replies import CAPTION_LIMIT, Button, Reply, cap_messages, split_text
 
 MESSAGE_LIMIT = 4096
 PHOTO_BYTES_LIMIT = 10_000_000  # sendPhoto: at most 10 MB (and width + height <= 10000, ratio <= 20)
@@ -88,10 +88,27 @@ def message_chunks(reply: Reply) -> list[str]:
     return cap_messages(pack(blocks(reply), MESSAGE_LIMIT))
 
 
+ROW_CHARACTERS = 36  # labels per keyboard row, all together: a phone shows about this many uncut
+
+
+def keyboard_rows(buttons: tuple[Button, ...]) -> list[list[Button]]:
+    """The buttons in order, in rows whose labels together stay within ``ROW_CHARACTERS`` (one button at least)."""
+    rows: list[list[Button]] = []
+    for button in buttons:
+        if rows and sum(len(b.label) for b in rows[-1]) + len(button.label) <= ROW_CHARACTERS:
+            rows[-1].append(button)
+        else:
+            rows.append([button])
+    return rows
+
+
 def keyboard(reply: Reply) -> InlineKeyboardMarkup | ForceReply | None:
     if reply.buttons:
         return InlineKeyboardMarkup(
-            [[InlineKeyboardButton(b.label, callback_data=b.callback_data) for b in reply.buttons]]
+            [
+                [InlineKeyboardButton(b.label, callback_data=b.callback_data) for b in row]
+                for row in keyboard_rows(reply.buttons)
+            ]
         )
     if reply.expects_answer:
         return ForceReply(selective=True)
