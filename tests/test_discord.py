@@ -57,7 +57,12 @@ def sent_payloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict]
 
 @pytest_asyncio.fixture
 async def discord_bot(bot_stack, sent_payloads):  # type: ignore[no-untyped-def]
-    settings = bot_stack.settings()
+    yield await dpytest_bot(bot_stack.settings())
+    await dpytest.empty_queue()
+
+
+async def dpytest_bot(settings: Any) -> discord.Client:
+    """The bot over ``settings``, configured for dpytest: two members, a guild with channels."""
     bot = build_bot(settings, CommandLayer.from_settings(settings))
     await bot._async_setup_hook()
     # dpytest's members exist only in the member cache, which needs the members intent; the bot itself does
@@ -69,8 +74,7 @@ async def discord_bot(bot_stack, sent_payloads):  # type: ignore[no-untyped-def]
     parse_reaction = state.parse_message_reaction_add
     # dpytest 0.7 leaves out the reaction type that discord.py 2.7 reads
     state.parse_message_reaction_add = lambda data: parse_reaction({"type": 0, **data})
-    yield bot
-    await dpytest.empty_queue()
+    return bot
 
 
 def scene_file(seed: int, folder: Path) -> Path:
@@ -153,13 +157,15 @@ async def test_a_picture_in_a_dm_gets_the_annotated_answer_and_its_buttons_work(
         back.urllib.request.url2pathname(back.urllib.parse.urlparse(attachment.url).path)
     ).read_bytes()[:3] == (b"\xff\xd8\xff")  # the reply picture is a JPEG
     custom_ids = [c["custom_id"] for row in sent_payloads[-1]["components"] for c in row["components"]]
-    assert [Button.parse(c)[0] for c in custom_ids] == ["more", "wrong"]
+    actions = [Button.parse(c)[0] for c in custom_ids]
+    assert actions[-2:] == ["more", "wrong"]
+    assert ("guesses" in actions) == any(name.endswith("not sure") for name in names)  # below the threshold
 
-    more = FakeInteraction(member._user, dm, custom_ids[0])
+    more = FakeInteraction(member._user, dm, custom_ids[actions.index("more")])
     await discord_bot.on_interaction(more)
     assert more.sent and more.sent[-1]["embed"].title == "All candidates"
 
-    wrong = FakeInteraction(member._user, dm, custom_ids[1])
+    wrong = FakeInteraction(member._user, dm, custom_ids[actions.index("wrong")])
     await discord_bot.on_interaction(wrong)
     assert wrong.sent[-1]["content"].startswith("Who is it?")
     await post(member._user, dm, "1 Hoshino Ai")
@@ -215,6 +221,98 @@ async def test_an_oversized_attachment_is_refused_without_downloading_it(discord
     await dpytest.run_all_events()
     [refused] = sent()
     assert "too large" in (refused.content or "") and downloads == []
+
+
+# --- "not sure" answers: a chosen result seeded in the result cache (no worker, no models) --------------------
+
+
+@pytest_asyncio.fixture
+async def seeded_bot(redis_kv, sent_payloads, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.cached_answers import SeededStack
+
+    stack = SeededStack(tmp_path)
+    bot = await dpytest_bot(stack.settings())
+    bot.seeded = stack  # type: ignore[attr-defined]
+    yield bot
+    await dpytest.empty_queue()
+
+
+def seeded_picture(bot: discord.Client, seed: int, folder: Path) -> Path:
+    from tests.cached_answers import picture
+
+    data = picture(seed)
+    bot.seeded.seed(data)  # type: ignore[attr-defined]
+    path = folder / f"seeded-{seed}.png"
+    path.write_bytes(data)
+    return path
+
+
+def embed_text(embed: discord.Embed) -> str:
+    return "\n".join([embed.title or "", *(f"{f.name}\n{f.value}" for f in embed.fields)])
+
+
+@pytest.mark.asyncio
+async def test_a_low_confidence_head_says_not_sure_and_show_guesses_answers_from_the_result(
+    seeded_bot, sent_payloads, tmp_path
+):
+    from tests.cached_answers import GUESSED_NAMES
+
+    member = dpytest.get_config().members[0]
+    dm = await member.create_dm()
+    await post(member._user, dm, files=(seeded_picture(seeded_bot, 7_700_101, tmp_path),))
+    [answer] = sent()
+    embed = answer.embeds[0]
+    assert embed.title == "3 heads found, 1 named, 2 not sure"
+    assert [f.name for f in embed.fields[:3]] == [
+        "#1 Hatsune Miku (91%, both agree)",
+        "#2 not sure",
+        "#3 not sure",
+    ]
+    assert not any(name in embed_text(embed) for name in GUESSED_NAMES), embed_text(embed)
+    components = [c for row in sent_payloads[-1]["components"] for c in row["components"]]
+    assert [c["label"] for c in components] == ["Show guesses", "More candidates", "Wrong? Tell me who"]
+    assert Button.parse(components[0]["custom_id"])[0] == "guesses"
+
+    pressed = FakeInteraction(member._user, dm, components[0]["custom_id"])
+    await seeded_bot.on_interaction(pressed)
+    guesses = pressed.sent[-1]["embed"]
+    assert guesses.title == "Best guesses (not sure)" and "Hatsune Miku" not in embed_text(guesses)
+    fields = {f.name: f.value for f in guesses.fields}
+    assert set(fields) == {"#2 not sure", "#3 not sure"}
+    assert "Hoshino Ai (Oshi no Ko): 38%" in fields["#2 not sure"]
+    assert "Hoshino Ruby (Oshi no Ko): 21%, from the tagger" in fields["#2 not sure"]
+    assert "Megurine Luka (Vocaloid): 12%" in fields["#3 not sure"]
+    assert sent() == []  # the press was answered in its interaction, from the stored result
+
+
+@pytest.mark.asyncio
+async def test_only_a_chat_admin_changes_the_sure_threshold_and_it_changes_the_answer(seeded_bot, tmp_path):
+    config = dpytest.get_config()
+    channel, member, manager = config.channels[0], config.members[0], config.members[1]
+    await post(member, channel, "!settings sure 0.3")
+    [refused] = sent()
+    assert "Only this chat's admins" in (refused.content or "")
+    role = back.make_role("Managers", channel.guild, permissions=MANAGE_GUILD.value)
+    await dpytest.add_role(manager, role)
+    await post(manager, channel, "!settings sure 0.3")
+    [changed] = sent()
+    assert any(f.name == "sure: 30%" for f in changed.embeds[0].fields)
+    await post(manager, channel, "!settings sure 2")
+    [bad] = sent()
+    assert "Bad value for sure" in (bad.content or "")
+
+    picture = seeded_picture(seeded_bot, 7_700_102, tmp_path)
+    await post(member, channel, f"{mention(seeded_bot)} who?", files=(picture,))
+    [answer] = sent()
+    embed = answer.embeds[0]
+    assert embed.title == "3 heads found, 2 named, 1 not sure"
+    assert embed.fields[1].name == "#2 Hoshino Ai (38%, from the gallery)"
+    assert "Megurine Luka" not in embed_text(embed)
+    other = dpytest.get_config().members[0]
+    dm = await other.create_dm()  # another chat keeps the default: Hoshino Ai is "not sure" there
+    await post(other._user, dm, files=(picture,))
+    [private] = sent()
+    assert private.embeds[0].fields[1].name == "#2 not sure"
 
 
 # --- commands -------------------------------------------------------------------------------------------------
