@@ -56,7 +56,9 @@ def test_a_posted_picture_gets_the_annotated_answer(bot_stack):
     )  # the reply picture: a JPEG
     assert "head" in reply.title
     assert any(f.name.startswith("#1") for f in reply.fields)
-    assert {b.action for b in reply.buttons} == {"more", "wrong"}
+    actions = [b.action for b in reply.buttons]
+    assert actions[-2:] == ["more", "wrong"]
+    assert ("guesses" in actions) == ("not sure" in reply.title)  # heads below the chat's sure threshold
     assert acks and acks[0].kind is ReplyKind.ACK
 
 

@@ -232,3 +232,164 @@ def test_take_up_to_grants_what_every_bucket_holds_and_charges_each_item(redis_k
     assert buckets.take_up_to([(chat, BucketRule(per_minute=60, burst=10))], 10).granted == 7
     # a cost the bucket can never hold is refused, not charged at the bucket's size
     assert not buckets.take(f"user:{uuid.uuid4().hex}", BucketRule(per_minute=6, burst=3), cost=10).allowed
+
+
+# --- "not sure": heads below the chat's sure threshold ----------------------------------------------------------
+
+
+def unsure_result(*heads):  # type: ignore[no-untyped-def]
+    from tests.cached_answers import picture, result_of
+
+    return result_of(picture(1), *heads)
+
+
+def test_a_head_is_sure_at_or_above_the_threshold_and_unknown_never_is():
+    from core.vision.results import DEFAULT_SURE_CONFIDENCE, UNKNOWN, Box, Head
+
+    named = Head(box=Box(0, 0, 1, 1), detection_score=1.0, name="Rem", confidence=0.6)
+    assert named.is_sure(0.6) and not named.is_sure(0.61) and named.is_sure(0.0)
+    assert named.is_sure() and DEFAULT_SURE_CONFIDENCE == 0.5
+    assert not Head(box=Box(0, 0, 1, 1), detection_score=1.0, name="Rem", confidence=0.49).is_sure()
+    unknown = Head(box=Box(0, 0, 1, 1), detection_score=1.0, name=UNKNOWN, confidence=1.0)
+    assert not unknown.is_sure(0.0)
+
+
+def test_a_low_confidence_answer_names_no_one_and_puts_its_guesses_behind_a_button():
+    from bot.render import analysis_reply
+    from tests.cached_answers import GUESSED_NAMES
+
+    result = unsure_result()
+    reply = analysis_reply(result, b"jpeg", job_id="f" * 32, chat=ChatSettings(), channel_nsfw=False)
+    assert reply.title == "3 heads found, 1 named, 2 not sure"
+    heads = [f for f in reply.fields if f.name.startswith("#")]
+    assert [f.name for f in heads] == ["#1 Hatsune Miku (91%, both agree)", "#2 not sure", "#3 not sure"]
+    assert heads[0].value == "1. Hatsune Miku (Vocaloid): 91%, both agree\n2. Kagamine Rin (Vocaloid): 4%"
+    assert all("Show guesses" in f.value for f in heads[1:])
+    assert not any(name in reply.plain_text() for name in GUESSED_NAMES)
+    assert [(b.label, b.action) for b in reply.buttons] == [
+        ("Show guesses", "guesses"),
+        ("More candidates", "more"),
+        ("Wrong? Tell me who", "wrong"),
+    ]
+    assert reply.data is not None and reply.data["sure_threshold"] == 0.5
+    assert Button.parse(reply.buttons[0].callback_data) == ("guesses", "f" * 32)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "named", "titles"),
+    [
+        (
+            0.0,
+            2,
+            ["#1 Hatsune Miku (91%, both agree)", "#2 Hoshino Ai (38%, from the gallery)", "#3 not sure"],
+        ),
+        (
+            0.38,
+            2,
+            ["#1 Hatsune Miku (91%, both agree)", "#2 Hoshino Ai (38%, from the gallery)", "#3 not sure"],
+        ),
+        (0.95, 0, ["#1 not sure", "#2 not sure", "#3 not sure"]),
+    ],
+)
+def test_the_chat_threshold_decides_what_is_named(threshold, named, titles):
+    from bot.render import analysis_reply
+
+    chat = ChatSettings(sure_threshold=threshold)
+    reply = analysis_reply(unsure_result(), b"jpeg", job_id="f" * 32, chat=chat, channel_nsfw=False)
+    assert [f.name for f in reply.fields if f.name.startswith("#")] == titles
+    assert reply.title.startswith(f"3 heads found, {named} named, {3 - named} not sure")
+    assert reply.buttons[0].label == "Show guesses"  # the unknown head always has its guesses there
+
+
+def test_no_guesses_button_when_every_head_is_sure_or_has_no_guesses():
+    from dataclasses import replace
+
+    from bot.render import analysis_reply
+    from tests.cached_answers import SURE, UNSEEN
+
+    sure = analysis_reply(unsure_result(SURE), b"j", job_id="f" * 32, chat=ChatSettings(), channel_nsfw=False)
+    assert sure.title == "1 head found, 1 named" and [b.action for b in sure.buttons] == ["more", "wrong"]
+    failed = replace(UNSEEN, candidates=())  # identification failed: nothing to guess from
+    blind = analysis_reply(
+        unsure_result(failed), b"j", job_id="f" * 32, chat=ChatSettings(), channel_nsfw=False
+    )
+    assert [b.action for b in blind.buttons] == ["more", "wrong"]
+    assert blind.fields[0].value == "no candidates (identification unavailable)"
+
+
+def test_show_guesses_lists_the_unsure_heads_best_guesses_with_confidences():
+    from bot.render import candidates_reply, guesses_reply
+
+    result = unsure_result()
+    shown = guesses_reply(result, "f" * 32, ChatSettings(top_n=2))
+    assert shown.title == "Best guesses (not sure)"
+    assert [(f.name, f.value) for f in shown.fields] == [
+        (
+            "#2 not sure",
+            "1. Hoshino Ai (Oshi no Ko): 38%\n2. Hoshino Ruby (Oshi no Ko): 21%, from the tagger",
+        ),
+        ("#3 not sure", "not in my gallery; closest:\n1. Megurine Luka (Vocaloid): 12%"),
+    ]
+    lenient = guesses_reply(result, "f" * 32, ChatSettings(sure_threshold=0.3))
+    assert [f.name for f in lenient.fields] == ["#3 not sure"]
+    none = guesses_reply(unsure_result(result.heads[0]), "f" * 32, ChatSettings())
+    assert none.fields == () and "/settings sure" in none.text
+    # "More candidates" lists every head's candidates, but names no head below the threshold either
+    more = candidates_reply(result, "f" * 32, sure_threshold=0.5)
+    assert [f.name for f in more.fields] == [
+        "#1 Hatsune Miku (91%, both agree)",
+        "#2 not sure",
+        "#3 not sure",
+    ]
+    assert "3. Arima Kana (Oshi no Ko): 8%" in more.fields[1].value
+
+
+def test_the_sure_threshold_is_stored_per_chat_and_added_to_an_existing_table(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as old:  # the table as it was before the column
+        old.execute(
+            "CREATE TABLE anibot_chat_settings (id INTEGER PRIMARY KEY, platform VARCHAR(32), chat_id VARCHAR(64),"
+            " auto_analyze INTEGER, top_n INTEGER, nsfw_spoilers INTEGER, title_language VARCHAR(16),"
+            " updated_at DATETIME, UNIQUE (platform, chat_id))"
+        )
+        old.execute(
+            "INSERT INTO anibot_chat_settings (platform, chat_id, top_n, nsfw_spoilers, title_language, "
+            "updated_at) VALUES ('telegram', '9', 4, 1, 'romaji', '2026-01-01 00:00:00')"
+        )
+    chats = ChatStore(Store(f"sqlite:///{db}"))
+    assert chats.settings("telegram", "9") == ChatSettings(top_n=4)  # NULL: the default
+    assert ChatSettings().sure_threshold == 0.5
+    chats.update_settings("telegram", "9", sure_threshold=0.75)
+    again = ChatStore(Store(f"sqlite:///{db}"))
+    assert (
+        again.settings("telegram", "9").sure_threshold == 0.75 and again.settings("telegram", "9").top_n == 4
+    )
+    assert again.settings("discord", "9").sure_threshold == 0.5
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="from 0 to 1"):
+            chats.update_settings("telegram", "9", sure_threshold=bad)
+    assert again.settings("telegram", "9").sure_threshold == 0.75
+
+
+def test_settings_sure_reads_a_fraction_or_a_percentage_in_ascii_digits():
+    from bot.commands.general import SETTINGS
+
+    field, read, help_text = SETTINGS["sure"]
+    assert field == "sure_threshold" and "not sure" in help_text
+    for text, value in (("0.6", 0.6), (".6", 0.6), ("60%", 0.6), ("62.5%", 0.625), ("1", 1.0), ("0", 0.0)):
+        assert read(text) == pytest.approx(value), text
+    for bad in ("60", "1.5", "101%", "", ".", "٦٠%", "0,6", "-0.1", "0.6%x", "half"):
+        with pytest.raises(ValueError, match="from 0 to 1"):
+            read(bad)
+
+
+def test_settings_show_the_sure_threshold(tmp_path):
+    from bot.commands.general import _settings_reply
+    from bot.invocation import Invocation
+
+    inv = Invocation(platform="test", chat_id="1", user_id="1")
+    shown = {f.name for f in _settings_reply(ChatSettings(), inv).fields}
+    assert "sure: 50% (default)" in shown
+    assert "sure: 70%" in {f.name for f in _settings_reply(ChatSettings(sure_threshold=0.7), inv).fields}
