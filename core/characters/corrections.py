@@ -256,7 +256,11 @@ class Corrections:
                 expired.append(correction)
                 continue
             reference = PreparedReference(
-                sha256=reference_sha256(sha, correction.box), crop=head_crop(image, correction.box), note=""
+                sha256=reference_sha256(sha, correction.box),
+                crop=head_crop(image, correction.box),
+                note="",
+                picture=image,
+                box=ResultBox(*correction.box),
             )
             key = (correction.name.casefold(), correction.series.casefold())
             groups.setdefault(key, []).append((correction, reference))

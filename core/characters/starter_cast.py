@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.characters.reference_crops import ReferenceCrops
-from core.characters.teaching import PreparedReference, prepare_reference, store_references
+from core.characters.teaching import prepare_reference, store_references
 from core.datasets.synth import CAST, render_portrait
 from core.storage.store import Store
 from core.vision.slots.base import Embedder, HeadDetector
@@ -33,11 +33,6 @@ class Reference:
         return cls(image, hashlib.sha256(buffer.getvalue()).hexdigest())
 
 
-def head_crop(image: Image.Image, detector: HeadDetector | None) -> Image.Image:
-    """The head of a reference picture as admins' references are cut (queries are head crops too)."""
-    return prepare_reference(image, "", detector).crop
-
-
 def enrol(
     store: Store,
     embedder: Embedder,
@@ -49,10 +44,11 @@ def enrol(
 ) -> int:
     """Add a character's references to the gallery; returns how many were new (duplicates are skipped).
 
-    With a ``detector``, each reference is cropped to its head first, so references and queries look alike;
-    with ``crops``, the head crops are kept in the shared folder (a retrained embedder embeds them again).
+    With a ``detector``, each reference is cropped to its head first (and the embedder given what its crop rule
+    asks for), so references and queries look alike; with ``crops``, the head crops are kept in the shared folder
+    (a retrained embedder embeds them again).
     """
-    prepared = [PreparedReference(ref.sha256, head_crop(ref.image, detector)) for ref in references]
+    prepared = [prepare_reference(ref.image, ref.sha256, detector) for ref in references]
     added = store_references(store, embedder, name, series, prepared, crops)
     log.info("enrolled %s (%s): %d new of %d references", name, series or "-", added, len(references))
     return added

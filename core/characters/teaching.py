@@ -3,9 +3,11 @@
 Each reference picture goes through the same head detection as a query. A reference must show one head: with
 several, the largest is used and the admin is told; with none (a picture that is already a face crop), the
 whole picture is used and the admin is told. An admin may choose the region instead (a box in the picture's
-pixels): then that region is the crop, and the reference's identity is the picture and the region. Crops are kept
-in the shared folder (a retrained embedder embeds them again), embeddings go to the store, and an index build
-publishes a new gallery version that every worker loads on its next job.
+pixels): then that region is the crop, and the reference's identity is the picture and the region. Head crops are
+kept in the shared folder (a retrained embedder embeds them again, the detector's retraining pastes them in as
+heads), embeddings go to the store, and an index build publishes a new gallery version that every worker loads on
+its next job. The embedder is given what its crop rule asks for (:mod:`core.vision.crops`: the head box, or the
+head with the picture around it), cut from the picture exactly as the pipeline cuts a query's head.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 from core.characters.gallery_versions import GalleryVersions, Published
 from core.characters.reference_crops import ReferenceCrops
 from core.storage.store import CharacterInfo, Store
+from core.vision.crops import HEAD_ONLY, CropRule, crop_rule_of, embedder_crop
 from core.vision.results import Box
 from core.vision.slots.base import Detection, Embedder, HeadDetector
 
@@ -35,8 +38,18 @@ def _no_progress(stage: str, fraction: float) -> None:
 @dataclass(frozen=True)
 class PreparedReference:
     sha256: str  # of the posted picture: the reference's identity (posting it again adds nothing)
-    crop: Image.Image
+    crop: Image.Image  # the head (kept in the shared folder), or the whole picture when it showed no head
     note: str = ""  # what was decided about this picture, for the admin ("3 heads: used the largest")
+    # the picture the head was cut from and where: an embedder whose crop rule wants context is given the head
+    # with the picture around it (None: ``crop`` is all there is)
+    picture: Image.Image | None = None
+    box: Box | None = None
+
+    def embedder_view(self, rule: CropRule = HEAD_ONLY) -> Image.Image:
+        """What an embedder with ``rule`` is given for this reference: cut from its picture as a query is."""
+        if rule.head_only or self.picture is None or self.box is None:
+            return self.crop
+        return embedder_crop(self.picture, self.box, rule)
 
 
 RegionBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in the picture's pixels
@@ -84,16 +97,19 @@ def prepare_reference(
         problem = region_problem(box, image.width, image.height)
         if problem:
             raise ValueError(f"{label}: {problem}")
-        crop = image.convert("RGB").crop(Box(*box).crop_region())
-        return PreparedReference(reference_sha256(sha256, box), crop, f"{label}: used the chosen region")
+        region = Box(*box)
+        crop = embedder_crop(image, region)
+        return PreparedReference(
+            reference_sha256(sha256, box), crop, f"{label}: used the chosen region", image, region
+        )
     found = detector.detect(image) if detector is not None else []
     chosen = largest_head(found)
     if chosen is None:
         note = f"{label}: no head found, used the whole picture" if detector is not None else ""
         return PreparedReference(sha256, image.convert("RGB"), note)
-    crop = image.convert("RGB").crop(found[chosen].box.crop_region())
+    head = found[chosen].box
     note = f"{label}: {len(found)} heads, used the largest" if len(found) > 1 else ""
-    return PreparedReference(sha256, crop, note)
+    return PreparedReference(sha256, embedder_crop(image, head), note, image, head)
 
 
 def store_references(
@@ -104,19 +120,33 @@ def store_references(
     references: Sequence[PreparedReference],
     crops: ReferenceCrops | None = None,
 ) -> int:
-    """Embed the head crops and store them as references of ``name`` (created when new); with ``crops``, the crops
-    are kept in the shared folder too. Returns how many references were new (a picture given before is skipped).
-    Publishing a gallery version is the caller's (several characters may be stored first)."""
+    """Embed the references (each cut as the embedder's crop rule asks, like the pipeline's queries) and store
+    them as references of ``name`` (created when new); with ``crops``, the head crops are kept in the shared folder
+    too. Returns how many references were new (a picture given before is skipped). Publishing a gallery version is
+    the caller's (several characters may be stored first)."""
     if not references:
         raise ValueError(f"no reference pictures for {name!r}")
     if crops is not None:
         for ref in references:
             crops.put(ref.sha256, ref.crop)
-    vectors = embedder.embed([ref.crop for ref in references])
+    rule = crop_rule_of(embedder)
+    vectors = embedder.embed([ref.embedder_view(rule) for ref in references])
     character_id = store.add_character(name, series)
     return sum(
         store.add_reference(character_id, ref.sha256, embedder.version, vector)
         for ref, vector in zip(references, vectors, strict=True)
+    )
+
+
+def carry_references(store: Store, old_version: str, new_version: str) -> int:
+    """Store every reference embedding of embedder ``old_version`` under ``new_version`` too: for an embedder
+    whose version changed while its vectors did not (a new threshold). Returns how many references were new;
+    publishing a gallery version is the caller's."""
+    if old_version == new_version:
+        return 0
+    return sum(
+        store.add_reference(e.character_id, e.image_sha256, new_version, e.embedding)
+        for e in store.gallery(old_version)
     )
 
 
@@ -198,6 +228,8 @@ class Teacher:
     ) -> TeachOutcome:
         """Store the references of a character (merging into an existing one) and publish a new gallery."""
         name, series = self.resolve(name, series)
+        if self.store.forget_removal(name, series):  # taught again: proposals may name it from now on
+            log.info("%s (%s) was removed before and is taught again", name, series or "-")
         progress("embedding", 0.4)
         added = store_references(self.store, self.embedder, name, series, references, self.crops)
         progress("indexing", 0.7)

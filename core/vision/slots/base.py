@@ -19,6 +19,8 @@ from PIL import Image
 from core.vision.results import Box, Tag
 
 MANIFEST_NAME = "manifest.json"
+# manifest extras that change what an embedder's vectors are (so they are part of its version when set)
+VECTOR_EXTRAS = ("crop", "flip_tta")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,18 @@ class Manifest:
 
     @property
     def version(self) -> str:
-        """Changes with the weights (their digests) and with the thresholds."""
-        payload = json.dumps(
-            [self.name, self.format, sorted(self.sha256.items()), sorted(self.thresholds.items())]
-        )
+        """Changes with the weights (their digests), the thresholds, and an embedder's crop rule and flip switch
+        when its manifest sets them (``extra["crop"]``, ``extra["flip_tta"]``: they change its vectors)."""
+        parts: list[object] = [
+            self.name,
+            self.format,
+            sorted(self.sha256.items()),
+            sorted(self.thresholds.items()),
+        ]
+        view = {key: self.extra[key] for key in VECTOR_EXTRAS if key in self.extra}
+        if view:  # (manifests without them keep the versions they always had)
+            parts.append(view)
+        payload = json.dumps(parts, sort_keys=True)
         return f"{self.name}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
     def save(self) -> Path:
@@ -91,7 +101,8 @@ class Embedder(Protocol):
     dim: int
 
     def embed(self, crops: list[Image.Image]) -> np.ndarray:
-        """L2-normalised float32 embeddings, one row per RGB crop (horizontal-flip averaged)."""
+        """L2-normalised float32 embeddings, one row per RGB crop (horizontal-flip averaged unless the model's
+        manifest turns it off)."""
         ...
 
 

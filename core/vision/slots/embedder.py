@@ -10,8 +10,11 @@ Formats:
   (eager torch; torch and timm are imported only when such a model is loaded).
 
 Both embed a crop and its mirror image and average the two before normalising (test-time flip), so a character
-and its mirror image get the same vector. Crops are padded to a square (with their mean edge colour), resized,
-normalised and run in batches.
+and its mirror image get the same vector, unless ``extra["flip_tta"]`` is false (deepghs' CCIP: its threshold was
+fitted on single passes); then a crop's embedding is its single pass, normalised. Crops are padded to a square
+(with their mean edge colour) or stretched (``extra["resize"]``), resized, normalised and run in batches. How much
+picture around a head an embedder is given is its ``crop_rule`` (``extra["crop"]``, :mod:`core.vision.crops`),
+which every caller that cuts heads for it reads.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.vision.crops import HEAD_ONLY, CropRule
 from core.vision.slots.base import Manifest
 from core.vision.slots.onnx_runtime import onnx_providers, onnx_session
 
@@ -107,6 +111,20 @@ def flip_average(raw: np.ndarray, n: int) -> np.ndarray:
     return l2_normalise(raw[:n] + raw[n:])
 
 
+def flip_tta(manifest: Manifest) -> bool:
+    """Whether the embedder averages each crop with its mirror image (``extra["flip_tta"]``, default true)."""
+    value = manifest.extra.get("flip_tta", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"{manifest.name}: extra.flip_tta must be true or false, not {value!r}")
+    return value
+
+
+def finish(raw: np.ndarray, n: int, *, flip: bool) -> np.ndarray:
+    """The embeddings of ``n`` crops from the model's raw rows: flip-averaged when ``flip`` (rows n..2n-1 are the
+    mirrors), else each single pass normalised."""
+    return flip_average(raw, n) if flip else l2_normalise(raw[:n])
+
+
 def _mean_std(manifest: Manifest) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean = tuple(float(v) for v in manifest.extra.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in manifest.extra.get("std", IMAGENET_STD))
@@ -134,8 +152,12 @@ class OnnxEmbedder:
         threads: int = 0,
         batch_size: int = BATCH_SIZE,
         resize: str = "pad",
+        flip: bool = True,
+        crop_rule: CropRule = HEAD_ONLY,
     ) -> None:
         self.resize = resize
+        self.flip = flip
+        self.crop_rule = crop_rule
         self.session = onnx_session(onnx_path, providers=providers, threads=threads)
         self.version = version
         self.mean = tuple(float(v) for v in mean)
@@ -176,6 +198,8 @@ class OnnxEmbedder:
             providers=onnx_providers(settings.device if settings is not None else "cpu"),
             threads=settings.onnx_threads if settings is not None else 0,
             resize=squaring(manifest),
+            flip=flip_tta(manifest),
+            crop_rule=CropRule.of_manifest(manifest),
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -198,9 +222,9 @@ class OnnxEmbedder:
         for start in range(0, len(crops), self.batch_size):
             part = crops[start : start + self.batch_size]
             batch = preprocess(
-                part, self.input_size, self.mean, self.std, with_mirror=True, resize=self.resize
+                part, self.input_size, self.mean, self.std, with_mirror=self.flip, resize=self.resize
             )
-            result.append(flip_average(self._run(batch), len(part)))
+            result.append(finish(self._run(batch), len(part), flip=self.flip))
         return np.concatenate(result)
 
 
@@ -219,6 +243,8 @@ class TimmEmbedder:
         device: str = "cpu",
         batch_size: int = BATCH_SIZE,
         resize: str = "pad",
+        flip: bool = True,
+        crop_rule: CropRule = HEAD_ONLY,
     ) -> None:
         import timm
         import torch
@@ -242,6 +268,8 @@ class TimmEmbedder:
         self.std = tuple(float(v) for v in std)
         self.batch_size = max(1, int(batch_size))
         self.resize = resize
+        self.flip = flip
+        self.crop_rule = crop_rule
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.input_size, self.input_size, device=device)
             self.dim = int(self.model(probe).shape[1])
@@ -267,6 +295,8 @@ class TimmEmbedder:
             std=std,
             device=device,
             resize=squaring(manifest),
+            flip=flip_tta(manifest),
+            crop_rule=CropRule.of_manifest(manifest),
         )
 
     def embed(self, crops: list[Image.Image]) -> np.ndarray:
@@ -277,9 +307,11 @@ class TimmEmbedder:
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 part = crops[start : start + self.batch_size]
-                batch = preprocess(part, self.input_size, self.mean, self.std, resize=self.resize)
+                batch = preprocess(
+                    part, self.input_size, self.mean, self.std, with_mirror=self.flip, resize=self.resize
+                )
                 raw = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-                result.append(flip_average(raw, len(part)))
+                result.append(finish(raw, len(part), flip=self.flip))
         return np.concatenate(result)
 
 
