@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +40,7 @@ ENTRY_KEYS = {
     "thresholds",
     "input_size",
     "extra",
+    "scores",
     "sources",
 }
 REQUIRED_ENTRY_KEYS = {"name", "slot", "format", "licence", "homepage", "files", "sources"}
@@ -127,6 +128,7 @@ class CatalogEntry:
     input_size: int | None
     extra: dict[str, Any]
     sources: dict[str, str]  # what was pinned -> where it was read
+    scores: dict[str, float] = field(default_factory=dict)  # published validation figures (sources["scores"])
 
     @property
     def total_size(self) -> int | None:
@@ -204,6 +206,13 @@ class CatalogEntry:
         sources = data["sources"]
         if not isinstance(sources, dict) or not sources.get("files"):
             raise CatalogError(f"{where}: sources.files must say where the revisions and digests were read")
+        scores = data.get("scores") or {}
+        if not isinstance(scores, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in scores.values()
+        ):
+            raise CatalogError(f"{where}: scores must map a metric name to a number from 0 to 1")
+        if scores and not sources.get("scores"):
+            raise CatalogError(f"{where}: sources.scores must say where the published scores were read")
         return cls(
             name=name,
             slot=data["slot"],
@@ -216,6 +225,7 @@ class CatalogEntry:
             input_size=input_size,
             extra=dict(data.get("extra") or {}),
             sources={k: str(v) for k, v in sources.items()},
+            scores={str(k): float(v) for k, v in scores.items()},
         )
 
 
