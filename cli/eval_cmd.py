@@ -245,7 +245,34 @@ def tagger(
 
 @eval_app.command("identify")
 def identify(
-    data: Annotated[Path, typer.Option(help="Folder per character, optionally under train/ and test/.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Folder per character, optionally under train/ and test/.")
+    ] = None,
+    fit_threshold: Annotated[
+        Path | None,
+        typer.Option(
+            "--fit-threshold",
+            help="Fit the active embedder's unknown threshold and calibration on this folder-per-character set "
+            "(cut as the pipeline cuts heads) and write them into its manifest.",
+        ),
+    ] = None,
+    images: Annotated[
+        str,
+        typer.Option(
+            help="With --fit-threshold: pictures (the detector's largest head, cut by the embedder's crop rule), "
+            "crops (face crops given as they are) or auto (pictures when a detector is installed)."
+        ),
+    ] = "auto",
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --fit-threshold: rounds of characters left out (default: each one left out once).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --fit-threshold: print the fit, write nothing.")
+    ] = False,
     refs: Annotated[
         list[int] | None,
         typer.Option(
@@ -262,13 +289,31 @@ def identify(
     out: Annotated[Path, typer.Option(help="Where the report and plots go.")] = Path("out/eval"),
     seed: Annotated[int, typer.Option(help="Seed of the reference and hold-out draws.")] = 0,
 ) -> None:
-    """Identification: top-1/top-5 (closed set and few-shot) and unknown-rejection precision/recall."""
+    """Identification: top-1/top-5 (closed set and few-shot) and unknown-rejection precision/recall; with
+    --fit-threshold, fits the threshold and calibration of the active embedder and writes them into its manifest."""
     from core.characters.gallery import Calibration
     from core.datasets.folders import load_folder_dataset
     from core.evaluation.identification import MARKDOWN_HEADER, evaluate_identification, write_plots
     from core.vision.slots.registry import active_manifest, load_slot
 
     settings = get_settings()
+    if fit_threshold is not None:
+        if data is not None:
+            console.print("[red]--fit-threshold and --data are two commands: give one[/red]")
+            raise typer.Exit(2)
+        _fit_threshold(
+            fit_threshold,
+            images=images,
+            refs=refs[0] if refs else 5,
+            folds=folds,
+            unknown_fraction=unknown_fraction,
+            seed=seed,
+            dry_run=dry_run,
+        )
+        return
+    if data is None:
+        console.print("[red]give --data DIR (measure) or --fit-threshold DIR (fit and write)[/red]")
+        raise typer.Exit(2)
     if not data.is_dir():
         console.print(f"[red]{data} is not a folder[/red]")
         raise typer.Exit(2)
@@ -315,6 +360,92 @@ def identify(
     out.mkdir(parents=True, exist_ok=True)
     (out / "identify.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     console.print(f"wrote {out / 'identify.md'}")
+
+
+def _fit_threshold(
+    folder: Path,
+    *,
+    images: str,
+    refs: int,
+    folds: int | None,
+    unknown_fraction: float,
+    seed: int,
+    dry_run: bool,
+) -> None:
+    """``anibot eval identify --fit-threshold DIR``: fit, print, write the manifest, and carry the gallery's
+    references over to the embedder's new version (same vectors; its version moves with the threshold)."""
+    from core.evaluation.threshold_fit import FitError, fit_on_folder, write_fit
+    from core.vision.slots.embedder import flip_tta
+    from core.vision.slots.registry import ModelNotInstalled, active_manifest, load_slot
+
+    settings = get_settings()
+    manifest = active_manifest(settings.models_dir, "embedder")
+    if manifest is None:
+        console.print("[red]No embedder installed: run `anibot models build` or `anibot models pull`.[/red]")
+        raise typer.Exit(2)
+    embedder = load_slot(manifest, settings)
+    detector = None
+    if images != "crops":
+        try:
+            found = active_manifest(settings.models_dir, "detector")
+        except ModelNotInstalled:
+            found = None
+        detector = load_slot(found, settings) if found is not None else None
+    try:
+        report = fit_on_folder(
+            embedder,
+            folder,
+            detector=detector,
+            images=images,
+            refs=refs,
+            folds=folds,
+            unknown_fraction=unknown_fraction,
+            seed=seed,
+            flip_tta=flip_tta(manifest),
+        )
+    except FitError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    report.previous_threshold = manifest.thresholds.get("identify")
+    for line in report.lines():
+        print(line)
+    if dry_run:
+        console.print("--dry-run: the manifest was not changed")
+        return
+    fitted = write_fit(manifest, report)
+    console.print(f"wrote {fitted.folder / 'manifest.json'}: {manifest.version} -> {fitted.version}")
+    if settings.identify_threshold is not None:
+        console.print(
+            f"[yellow]ANIBOT_IDENTIFY_THRESHOLD={settings.identify_threshold} still overrides the manifest's "
+            "threshold[/yellow]"
+        )
+    _carry_gallery(settings, manifest.version, fitted.version)
+
+
+def _carry_gallery(settings, old_version: str, new_version: str) -> None:  # type: ignore[no-untyped-def]
+    """The taught references, stored under the embedder's old version, stored under its new one too, a gallery
+    published for it, and the workers told to load the models again."""
+    from cli.characters_cmd import _announcer
+    from core.characters.gallery_versions import GalleryVersions
+    from core.characters.teaching import carry_references
+    from core.storage.shared_store import SharedStore
+    from core.storage.store import Store
+    from core.vision.slots.registry import announce_models
+
+    store = Store.from_settings(settings)
+    store.create_all()
+    carried = carry_references(store, old_version, new_version)
+    kv = _announcer(settings)
+    if carried:
+        versions = GalleryVersions(SharedStore(settings.shared_path), kv, keep=settings.gallery_keep_versions)
+        published = versions.publish(store, new_version)
+        console.print(
+            f"{carried} taught references carried over to {new_version}; gallery version "
+            f"{published.manifest.version} published"
+        )
+    if kv is not None:
+        announce_models(kv)
+        console.print("workers told to load the models again")
 
 
 @eval_app.command("captioner")
