@@ -32,6 +32,15 @@ from core.vision.slots.catalog import (
     RemoteFile,
     UnknownModel,
 )
+from core.vision.slots.model_advice import (
+    CPU_SCORE_MARGIN,
+    DEMO_SLOTS,
+    MEMORY_FACTOR,
+    Machine,
+    detect_machine,
+    recommend,
+    recommended,
+)
 from core.vision.slots.pull import (
     HubSource,
     LocalSource,
@@ -39,6 +48,7 @@ from core.vision.slots.pull import (
     PullError,
     PullResult,
     installed_folder,
+    probe_hub,
     pull,
 )
 from core.vision.slots.registry import SLOTS, ModelNotInstalled, active_manifest, installed, read_active
@@ -80,6 +90,11 @@ def load_catalogue(path: Path | None) -> Catalogue:
 
 def megabytes(size: int | None) -> str:
     return "?" if size is None else f"{size / 1e6:,.1f} MB"
+
+
+def published(entry: CatalogEntry) -> str:
+    """The entry's published scores, on one line ("-" when it records none)."""
+    return ", ".join(f"{metric} {value:g}" for metric, value in entry.scores.items()) or "-"
 
 
 def build_slots(settings: Settings, slots: list[str], *, smoke: bool = False, seed: int = 0) -> None:
@@ -360,12 +375,21 @@ def show_catalog(
     out = Console()
     if name is None:
         table = Table(title="model catalogue (`anibot models pull NAME`)")
-        for column in ("name", "slot", "format", "size", "licence", "installed", "summary"):
+        for column in (
+            "name",
+            "slot",
+            "format",
+            "size",
+            "licence",
+            "installed",
+            "published scores",
+            "summary",
+        ):
             table.add_column(column, overflow="fold")
         for entry in catalogue.entries:
             there = installed_folder(settings.models_dir, entry).is_dir()
             row = (entry.name, entry.slot, entry.format, megabytes(entry.total_size), entry.licence)
-            table.add_row(*row, "yes" if there else "", entry.summary)
+            table.add_row(*row, "yes" if there else "", published(entry), entry.summary)
         out.print(table)
         return
     try:
@@ -383,5 +407,118 @@ def show_catalog(
         files.add_row(file.role, file.filename, megabytes(file.size), digest, file.pinned_url)
     out.print(files)
     out.print(f"thresholds: {entry.thresholds or '-'}; input size: {entry.input_size or '-'}", markup=False)
+    out.print(f"published scores: {published(entry)}", markup=False)
     for what, where in entry.sources.items():
         out.print(f"{what} from: {where}", markup=False)
+
+
+@models_app.command("recommend")
+def recommend_models(catalog: CatalogOption = None) -> None:
+    """Which catalogue models suit this machine (CPU or GPU, memory), with their sizes and published scores."""
+    catalogue = load_catalogue(catalog)
+    machine = detect_machine()
+    out = Console()
+    out.print(f"This machine: {machine.describe()}.", markup=False, soft_wrap=True)
+    for slot, advice in recommend(catalogue, machine).items():
+        table = Table(title=f"{slot} models, best suited first")
+        for column in ("rank", "name", "size", "published scores", "why"):
+            table.add_column(column, overflow="fold")
+        for item in advice:
+            name = item.entry.name if item.fits else f"{item.entry.name} (too big)"
+            table.add_row(
+                str(item.rank), name, megabytes(item.entry.total_size), published(item.entry), item.why
+            )
+        out.print(table)
+    chosen = recommended(catalogue, machine)
+    if chosen:
+        listed = ", ".join(f"{entry.name} ({slot})" for slot, entry in chosen.items())
+        out.print(f"`anibot demo --pull` installs: {listed}.", markup=False, soft_wrap=True)
+    out.print(
+        f"On a GPU the best published score wins; on a CPU the smallest model within {CPU_SCORE_MARGIN} of the best; "
+        f"a model needs about {MEMORY_FACTOR}x its file in memory (an assumption). Scores are the publishers' own "
+        "validation figures: `anibot models catalog NAME` says where each was read.",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def pull_for_demo(
+    settings: Settings,
+    slots: tuple[str, ...] | list[str] = DEMO_SLOTS,
+    *,
+    catalog: Path | None = None,
+    machine: Machine | None = None,
+    probe: bool = True,
+) -> list[str]:
+    """Install and activate the community model recommended for this machine in each of ``slots`` (a new
+    embedder enrols the gallery, as its build does); the slots installed. Offline (the hub does not answer within
+    ``hub_probe_timeout_s``) it says so in one line and installs nothing; a model that fails to download is said
+    in one line and its slot left to the starter build."""
+    if probe:
+        reason = probe_hub(settings.hf_endpoint, settings.hub_probe_timeout_s)
+        if reason is not None:
+            say(f"Offline ({reason}): training the starter models instead of pulling community models.")
+            return []
+    catalogue = load_catalogue(catalog)
+    machine = machine or detect_machine()
+    chosen = recommended(catalogue, machine, slots)
+    if not chosen:
+        return []
+    total = sum(entry.total_size or 0 for entry in chosen.values())
+    listed = ", ".join(f"{entry.name} ({slot})" for slot, entry in chosen.items())
+    say(f"Pulling the community models recommended for this machine ({megabytes(total)}): {listed}")
+    done: list[str] = []
+    for slot, entry in chosen.items():
+        source = HubSource.from_settings(settings, entry.name)
+        try:
+            with download_progress() as progress:
+                result = pull(entry, settings.models_dir, source, activate=True, progress=progress)
+        except PullError as exc:
+            say(f"{entry.name} was not installed ({exc}); the starter {slot} is trained instead.")
+            continue
+        except OSError as exc:  # the models folder: permissions, a full disk
+            say(
+                f"{entry.name} was not installed into {settings.models_dir} ({exc}); the starter {slot} is trained."
+            )
+            continue
+        report_pull(entry, result, installed_folder(settings.models_dir, entry))
+        if slot == "embedder":
+            from core.learning.starter.build import enrol_cast
+
+            added = enrol_cast(settings, result.manifest)
+            say(f"Gallery for {entry.name}: {added} new reference pictures enrolled.")
+        done.append(slot)
+    return done
+
+
+def offer_community_models(settings: Settings, *, catalog: Path | None = None) -> list[str]:
+    """On an interactive terminal, when the demo would train starter models the hub could replace, ask whether to
+    pull the recommended community models instead; the slots installed. Never asks without a terminal, nor
+    when nothing is missing, nor offline (then one line says so)."""
+    import sys
+
+    from core.learning.starter.build import missing_slots
+
+    if not sys.stdin.isatty():
+        return []
+    missing = [slot for slot in missing_slots(settings) if slot in DEMO_SLOTS]
+    if not missing:
+        return []
+    reason = probe_hub(settings.hf_endpoint, settings.hub_probe_timeout_s)
+    if reason is not None:
+        say(f"Offline ({reason}): training the starter models.")
+        return []
+    catalogue = load_catalogue(catalog)
+    machine = detect_machine()
+    chosen = recommended(catalogue, machine, missing)
+    if not chosen:
+        return []
+    total = sum(entry.total_size or 0 for entry in chosen.values())
+    names = ", ".join(entry.name for entry in chosen.values())
+    question = (
+        f"No {', '.join(missing)} model yet. Download the community models recommended for this machine "
+        f"({names}; {megabytes(total)}) instead of training starters?"
+    )
+    if not typer.confirm(question, default=True, err=True):
+        return []
+    return pull_for_demo(settings, list(chosen), catalog=catalog, machine=machine, probe=False)

@@ -229,6 +229,23 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(reason).split()) or type(reason).__name__
 
 
+def probe_hub(endpoint: str, timeout_s: float) -> str | None:
+    """``None`` when the hub at ``endpoint`` answers within ``timeout_s`` (any HTTP status counts: it is there),
+    else why not, on one line. One HEAD request, proxies honoured as for downloads; no token is sent."""
+    request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return None
+    except ValueError as exc:  # not a URL urllib can open: a malformed HF_ENDPOINT
+        return f"cannot use hub address {endpoint!r} (HF_ENDPOINT): {exc}"
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        host = urlsplit(endpoint).netloc or endpoint
+        return f"cannot reach {host}: {_reason(exc)}"
+
+
 def fetch_verified(
     source: FileSource, file: RemoteFile, target: Path, progress: ProgressFn | None = None
 ) -> str:
