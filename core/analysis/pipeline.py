@@ -17,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from core.characters.fusion import CropEvidence, FusionParams, fuse
 from core.characters.gallery import Calibration, Gallery, GalleryItem
 from core.characters.gallery_versions import GalleryCorrupt, GalleryVersions
 from core.settings import Settings
@@ -30,6 +31,7 @@ from core.vision.results import (
     STAGE_FAILED,
     UNKNOWN,
     AnalysisResult,
+    Box,
     Candidate,
     Head,
     StageFailure,
@@ -145,6 +147,17 @@ class GalleryProvider:
         return gallery
 
 
+def _context_square(box: Box, size: tuple[int, int], grow: float = 1.6) -> tuple[int, int, int, int]:
+    """A square around ``box``'s centre, ``grow`` times its longer side, inside the image: the head with some hair
+    and shoulders, as a tagger sees a character."""
+    side = max(box.width, box.height) * grow
+    cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
+    w, h = size
+    x1, y1 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    x2, y2 = min(w, round(cx + side / 2)), min(h, round(cy + side / 2))
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
 @dataclass(frozen=True)
 class IdentifyParams:
     threshold: float
@@ -238,6 +251,9 @@ class AnalysisPipeline:
             else []
         )
         tags: list[Tag] = stage("tagger", "tagger", lambda: self.slots.tagger.tag(image), [])  # type: ignore[union-attr]
+        if heads and any(t.category == "character" for t in tags):
+            named = heads
+            heads = stage("fusion", "tagger", lambda: self._fuse(image, named, tags, top_n), named)
         known = [IdentifiedHead(h.name, h.confidence) for h in heads]
         caption = stage(
             "captioner", "captioner", lambda: self.slots.captioner.caption(image, known, tags), None
@@ -256,6 +272,19 @@ class AnalysisPipeline:
             degraded=tuple(failures),
         )
 
+    def _fuse(self, image: Image.Image, heads: list[Head], tags: list[Tag], top_n: int) -> list[Head]:
+        """The tagger's character tags fused with the gallery's answers (core.characters.fusion); in a picture of
+        several heads the tagger also scores each head's crop (its box grown to a square with some context)."""
+        tagger = self.slots.tagger
+        crops: list[CropEvidence] | None = None
+        scores_of = getattr(tagger, "tag_scores", None)
+        if len(heads) > 1 and scores_of is not None:
+            general = float(getattr(tagger, "thresholds", {}).get("general", 0.35))
+            regions = [image.crop(_context_square(h.box, image.size)) for h in heads]
+            crops = [CropEvidence(scores, general) for scores in scores_of(regions)]
+        known = self.gallery.current()[0].characters if self.gallery is not None else ()
+        return fuse(heads, tags, crops=crops, known=known, params=FusionParams(top_n=max(1, top_n)))
+
     def _identify(
         self,
         image: Image.Image,
@@ -266,7 +295,10 @@ class AnalysisPipeline:
         if not detections:
             return []
         assert self.slots.embedder is not None and self.gallery is not None
-        crops = [image.crop(d.box.crop_region()) for d in detections]
+        from core.vision.crops import crop_rule_of, embedder_crop_region  # queries cut like references
+
+        rule = crop_rule_of(self.slots.embedder)
+        crops = [image.crop(embedder_crop_region(d.box, image.size, rule)) for d in detections]
         embeddings = self.slots.embedder.embed(crops)
         if embeddings_out is not None:
             embeddings_out.extend(np.asarray(embeddings, dtype=np.float32))
