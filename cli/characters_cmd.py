@@ -157,3 +157,72 @@ def reindex() -> None:
     published = _teacher(get_settings(), detector=False).publish()
     m = published.manifest
     typer.echo(f"Gallery version {m.version}: {m.n_references} references of {m.n_characters} characters.")
+
+
+@characters_app.command("review")
+def review(
+    approve: Annotated[list[int] | None, typer.Option("--approve", help="Approve this waiting id.")] = None,
+    reject: Annotated[list[int] | None, typer.Option("--reject", help="Reject this waiting id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Users' corrections and proposed references (confident tagger answers) waiting for review, oldest first, as
+    /review lists them; --approve / --reject decide some, and approved ones are applied by a queued apply job (a
+    worker's train queue) when Redis is reachable."""
+    from core.characters.corrections import Corrections
+    from core.chat.store import ChatStore, CorrectionStatus
+    from core.storage.store import Store
+
+    store = Store.from_settings(get_settings())
+    store.create_all()
+    corrections = Corrections(ChatStore(store), removed=store.removed_characters)
+    approved = 0
+    for ids, decide, verb in (
+        (approve, corrections.approve, "approved"),
+        (reject, corrections.reject, "rejected"),
+    ):
+        for correction_id in ids or ():
+            done = decide(correction_id, "cli")
+            approved += bool(done) and verb == "approved"
+            typer.echo(
+                f"#{correction_id} {verb}" if done else f"#{correction_id} is not waiting: left as it is"
+            )
+    if approved:
+        _queue_apply()
+    waiting = corrections.chats.corrections(status=CorrectionStatus.PENDING)
+    if as_json:
+        rows = [
+            {"id": c.id, "kind": c.kind, "name": c.name, "series": c.series, "predicted": c.predicted or None,
+             "agreeing": corrections.agreeing(c), "reason": c.reason, "image_sha256": c.image_sha256,
+             "head": c.head}
+            for c in waiting
+        ]  # fmt: skip
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not waiting:
+        typer.echo("Nothing waiting for review.")
+        return
+    table = Table("id", "kind", "name", "series", "said / why", "picture")
+    for c in waiting:
+        why = (
+            c.reason or ""
+            if c.is_proposal
+            else f"I said {c.predicted or 'unknown'}, {corrections.agreeing(c)} agree"
+        )
+        table.add_row(str(c.id), c.kind, c.name, c.series, why, f"{c.image_sha256[:12]} #{c.head}")
+    Console().print(table)
+
+
+def _queue_apply() -> None:
+    """Queue the workers' apply job for the approved corrections (when Redis is unreachable they stay approved
+    and the next apply job adds them)."""
+    from core.storage.jobs import Requester
+    from workers.celery_app import APPLY_CORRECTIONS_TASK, APPLY_KIND
+    from workers.client import QueueClient
+
+    settings = get_settings()
+    if _announcer(settings) is None:
+        return
+    job = QueueClient(settings).submit_task(
+        APPLY_CORRECTIONS_TASK, APPLY_KIND, requester=Requester("cli"), params={}
+    )
+    typer.echo(f"Apply job {job.id} queued: a worker adds the approved ones to the gallery.")

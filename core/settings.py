@@ -170,6 +170,23 @@ class Settings(BaseSettings):
         ge=1,
         description="Corrections of one person accepted without an admin per day; past it, they wait for /review.",
     )
+    autoref_accept: bool = Field(
+        False,
+        description="Accept proposed references (a head the tagger named with at least autoref_min_confidence, "
+        "alone in its picture) without an admin's /review, up to autoref_per_character per character.",
+    )
+    autoref_min_confidence: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="A head named by the tagger alone in its picture with at least this confidence becomes a "
+        "proposed reference (1 = never).",
+    )
+    autoref_per_character: int = Field(
+        20,
+        ge=0,
+        description="Proposed references kept per character (waiting, accepted or applied); past it, no more.",
+    )
     correction_keep_s: int = Field(
         30 * 24 * 3600, ge=3600, description="How long a corrected picture is kept for review (in Redis)."
     )

@@ -25,6 +25,7 @@ PREVIEW_HEADS_TASK = "anibot.characters.preview"
 RETRAIN_TASK = "anibot.retrain"
 REINDEX_TASK = "anibot.gallery.reindex"
 APPLY_CORRECTIONS_TASK = "anibot.corrections.apply"
+APPLY_KIND = "corrections.apply"  # the kind of the jobs of APPLY_CORRECTIONS_TASK
 HEAD_CROP_TASK = "anibot.corrections.crop"
 TAG_TASK = "anibot.tag"
 TASK_MODULES = (

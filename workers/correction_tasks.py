@@ -41,7 +41,7 @@ def apply_corrections(self: AnibotTask, job_id: str) -> str:
     if job is None:
         return "skipped"
     service = runtime.service()
-    corrections = Corrections(ChatStore(service.store))
+    corrections = Corrections(ChatStore(service.store), removed=service.store.removed_characters)
     if not corrections.to_apply():
         return finish_job(
             job, {"message": "No approved corrections were waiting to be applied.", "applied": []}

@@ -12,12 +12,15 @@ from celery import signals
 
 from core.analysis.service import AnalysisService
 from core.characters.gallery_versions import fault_point
+from core.characters.proposals import ProposalRules, Proposals
+from core.chat.store import ChatStore, CorrectionStatus
 from core.settings import get_settings
-from core.storage.jobs import BlobNotFound, BlobStore, JobError, JobStatus, JobStore
+from core.storage.jobs import BlobNotFound, BlobStore, Job, JobError, JobStatus, JobStore, Requester
 from core.storage.kv import RedisKV
 from core.vision.intake import IntakeError
+from core.vision.results import AnalysisResult
 from workers import runtime
-from workers.celery_app import ANALYZE_TASK, app
+from workers.celery_app import ANALYZE_TASK, APPLY_CORRECTIONS_TASK, APPLY_KIND, TASK_QUEUES, app
 from workers.outage import OutageTolerantTask
 
 log = logging.getLogger(__name__)
@@ -140,7 +143,37 @@ def analyze(self: AnibotTask, job_id: str) -> str:
         ),
     )
     release_input(service, job.params.get("image"))
+    propose_reference(service, job, outcome.result)
     return "done"
+
+
+@lru_cache(maxsize=1)
+def _proposals(service: AnalysisService) -> Proposals:
+    s = service.settings
+    rules = ProposalRules(s.autoref_min_confidence, s.autoref_accept, s.autoref_per_character)
+    return Proposals(ChatStore(service.store), service.store.removed_characters, rules)
+
+
+def propose_reference(service: AnalysisService, job: Job, result: AnalysisResult) -> None:
+    """A confident tagger answer, alone in its picture, becomes a proposed reference (core.characters.proposals):
+    its picture is kept for review, and an accepted one is applied by a queued apply job. Never fails the
+    analysis: a proposal is a bonus."""
+    image = job.params.get("image")
+    if not image or service.settings.autoref_min_confidence >= 1.0:
+        return
+    try:
+        proposal = _proposals(service).consider(result, job.id, job.requester.chat_id)
+        if proposal is None:
+            return
+        service.blobs.keep(image, service.settings.correction_keep_s)
+        if proposal.status == CorrectionStatus.APPROVED:
+            apply_job = service.jobs.create(APPLY_KIND, Requester("autoref"), params={})
+            app.send_task(
+                APPLY_CORRECTIONS_TASK, args=[apply_job.id], queue=TASK_QUEUES[APPLY_CORRECTIONS_TASK]
+            )
+            log.info("job %s: proposal %s accepted, apply job %s queued", job.id, proposal.id, apply_job.id)
+    except Exception:  # the answer is given; a lost proposal is only logged
+        log.exception("job %s: the reference proposal could not be kept", job.id)
 
 
 EXPIRED_MESSAGE = "I was too busy to start on this in time. Please try again in a few minutes."

@@ -443,7 +443,8 @@ async def review(request: web.Request) -> web.Response:
             items.append(
                 {
                     "id": c.id,
-                    "kind": "correction",
+                    "kind": "proposal" if c.is_proposal else "correction",
+                    "reason": c.reason if c.is_proposal else None,
                     "job_id": c.job_id,
                     "head": c.head,
                     "name": c.name,

@@ -81,6 +81,10 @@ ANALYSIS = {
         "job_id": {"type": "string"},
         "cached": {"type": "boolean"},
         "result": {"$ref": "#/components/schemas/AnalysisResult"},
+        "sure_threshold": {
+            "type": "number",
+            "description": "heads named below this confidence (or 'unknown') are shown as 'not sure'",
+        },
         "annotated_url": {"type": "string", "description": "the annotated picture, reply-sized JPEG"},
         "annotated_png_url": {
             "type": "string",
@@ -493,7 +497,12 @@ REVIEW_ITEMS = {
                 ],
                 "properties": {
                     "id": {"type": "integer"},
-                    "kind": {"type": "string", "enum": ["correction"]},
+                    "kind": {
+                        "type": "string",
+                        "enum": ["correction", "proposal"],
+                        "description": "a user's correction, or a confident tagger answer proposed as a reference",
+                    },
+                    "reason": {"type": ["string", "null"], "description": "why a proposal was made"},
                     "job_id": {"type": "string"},
                     "head": {"type": "integer", "description": "1-based, as numbered on the picture"},
                     "name": {"type": "string"},

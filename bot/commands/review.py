@@ -16,14 +16,13 @@ from bot.replies import Button, Reply, ReplyField, ReplyImage, ReplyKind, refusa
 from bot.waiting import WaitOutcome
 from core.characters.corrections import Corrections, PendingReview
 from core.storage.jobs import BlobNotFound, Job, JobStatus, Requester
-from workers.celery_app import APPLY_CORRECTIONS_TASK, HEAD_CROP_TASK, TASK_QUEUES
+from workers.celery_app import APPLY_CORRECTIONS_TASK, APPLY_KIND, HEAD_CROP_TASK, TASK_QUEUES
 
 if TYPE_CHECKING:
     from bot.layer import CommandLayer
 
 log = logging.getLogger(__name__)
 
-APPLY_KIND = "corrections.apply"
 NOTHING_WAITING = "No corrections waiting."
 
 
@@ -38,6 +37,7 @@ def corrections_of(layer: CommandLayer) -> Corrections:
         auto_accept=layer.settings.corrections_auto_accept,
         per_user_per_day=layer.settings.corrections_auto_accept_per_day,
         characters=characters,
+        removed=layer.store.removed_characters,
     )
 
 
@@ -84,17 +84,27 @@ async def _review_card(layer: CommandLayer, after_id: int = 0) -> Reply:
     c = pending.correction
     png = await _crop_png(layer, pending)
     users = f"{pending.agreeing} user{'s' * (pending.agreeing != 1)}"
-    fields = (
-        ReplyField("I said", c.predicted or "unknown", inline=True),
-        ReplyField("They say", c.label, inline=True),
-        ReplyField("Agreeing", users, inline=True),
-        ReplyField(
-            "Picture", f"{c.image_sha256[:12]}, head #{c.head}" + ("" if png else " (picture expired)")
-        ),
+    picture = ReplyField(
+        "Picture", f"{c.image_sha256[:12]}, head #{c.head}" + ("" if png else " (picture expired)")
     )
+    if c.is_proposal:  # a confident tagger answer proposed as a reference (core.characters.proposals)
+        fields: tuple[ReplyField, ...] = (
+            ReplyField("The tagger says", c.label, inline=True),
+            ReplyField("Why", c.reason or "a confident answer", inline=True),
+            picture,
+        )
+        title = f"Proposed reference #{c.id} ({pending.waiting} waiting)"
+    else:
+        fields = (
+            ReplyField("I said", c.predicted or "unknown", inline=True),
+            ReplyField("They say", c.label, inline=True),
+            ReplyField("Agreeing", users, inline=True),
+            picture,
+        )
+        title = f"Correction #{c.id} ({pending.waiting} waiting)"
     payload = str(c.id)
     return Reply(
-        title=f"Correction #{c.id} ({pending.waiting} waiting)",
+        title=title,
         fields=fields,
         image=ReplyImage(png, f"correction-{c.id}.png") if png else None,
         buttons=(
@@ -111,6 +121,7 @@ async def _review_card(layer: CommandLayer, after_id: int = 0) -> Reply:
             "image_sha256": c.image_sha256,
             "head": c.head,
             "waiting": pending.waiting,
+            "kind": c.kind,
         },
     )
 

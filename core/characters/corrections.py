@@ -24,6 +24,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from core.characters.danbooru import same_character
 from core.characters.teaching import PreparedReference, TeachOutcome, reference_sha256
 from core.chat.store import Box, ChatStore, Correction, CorrectionStatus
 from core.vision.results import Box as ResultBox
@@ -34,6 +35,7 @@ AUTO_REVIEWER = "auto"  # the reviewer of a correction accepted because enough u
 MIN_AUTO_ACCEPT = 2  # agreeing people auto-accept needs at the least (one person alone never does)
 AUTO_ACCEPT_WINDOW = timedelta(days=1)  # the per-person limit of auto-accepted corrections counts over this
 EXPIRED_REASON = "the picture expired before the correction was applied"
+REMOVED_REASON = "admins removed this character after it was proposed"
 # corrections that still count as a user's say (a rejected one does not)
 _STANDING = (CorrectionStatus.PENDING, CorrectionStatus.APPROVED, CorrectionStatus.APPLIED)
 
@@ -58,6 +60,11 @@ def is_known(characters: Iterable[tuple[str, str]], name: str, series: str) -> b
     folded, series_folded = name.casefold(), series.casefold()
     same = [s.casefold() for n, s in characters if n.casefold() == folded]
     return series_folded in same if series else bool(same)
+
+
+def is_removed(removed: Iterable[tuple[str, str]], name: str, series: str) -> bool:
+    """Whether (name, series) is one of the characters admins removed (core.characters.danbooru's sameness)."""
+    return any(same_character(n, s, name, series) for n, s in removed)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class Corrections:
         auto_accept: int = 0,
         per_user_per_day: int = 20,
         characters: Callable[[], Iterable[tuple[str, str]]] | None = None,
+        removed: Callable[[], Iterable[tuple[str, str]]] | None = None,
     ) -> None:
         if auto_accept and auto_accept < MIN_AUTO_ACCEPT:
             raise ValueError(f"auto-accept needs at least {MIN_AUTO_ACCEPT} agreeing people (or 0 for never)")
@@ -137,6 +145,8 @@ class Corrections:
         self.per_user_per_day = per_user_per_day
         # the (name, series) of every character the gallery knows; None: nothing is auto-accepted
         self.characters = characters
+        # the characters admins removed: an approved proposal of one is not applied
+        self.removed = removed
 
     # --- giving and agreeing -----------------------------------------------------------------------------
 
@@ -243,6 +253,17 @@ class Corrections:
         sha256, or None when it expired. Safe to run twice: references are keyed by picture and box, and a
         correction is marked applied only after its reference was stored."""
         approved = self.to_apply()
+        removed = list(self.removed()) if self.removed is not None else []
+        withdrawn = [c for c in approved if c.is_proposal and is_removed(removed, c.name, c.series)]
+        if withdrawn:
+            self.chats.set_correction_status(
+                [c.id for c in withdrawn if c.id is not None],
+                CorrectionStatus.REJECTED,
+                expected=CorrectionStatus.APPROVED,
+                reason=REMOVED_REASON,
+            )
+            log.info("proposals %s not applied: %s", [c.id for c in withdrawn], REMOVED_REASON)
+            approved = [c for c in approved if c not in withdrawn]
         expired: list[Correction] = []
         groups: dict[tuple[str, str], list[tuple[Correction, PreparedReference]]] = {}
         pictures: dict[str, Image.Image | None] = {}

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, select, update
+from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.storage.store import Base, Store, _now
@@ -75,6 +75,11 @@ class CorrectionStatus(StrEnum):
     EXPIRED = "expired"  # approved, but its picture was gone before it could be applied (see ``reason``)
 
 
+class CorrectionKind(StrEnum):
+    USER = "user"  # a user's "Wrong? Tell me who"
+    PROPOSAL = "proposal"  # a confident tagger answer proposed as a reference (core.characters.proposals)
+
+
 class CorrectionRow(Base):
     __tablename__ = "anibot_correction"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -94,6 +99,8 @@ class CorrectionRow(Base):
     reviewer: Mapped[str | None] = mapped_column(String(100))  # "platform:user_id", or "auto"
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reason: Mapped[str | None] = mapped_column(String(300))  # why it ended as it did (e.g. picture expired)
+    # added with proposals: '' (rows from before) reads as a user's correction
+    kind: Mapped[str] = mapped_column(String(16), default=CorrectionKind.USER.value, server_default="")
 
 
 Box = tuple[float, float, float, float]
@@ -117,6 +124,11 @@ class Correction:
     reviewed_at: datetime | None = None
     reason: str | None = None
     created_at: datetime | None = None
+    kind: str = CorrectionKind.USER.value
+
+    @property
+    def is_proposal(self) -> bool:
+        return self.kind == CorrectionKind.PROPOSAL
 
     @property
     def user_key(self) -> str:
@@ -140,8 +152,8 @@ def _box_value(text: str | None) -> Box | None:
 
 
 def _correction(row: CorrectionRow) -> Correction:
-    values = {f.name: getattr(row, f.name) for f in fields(Correction) if f.name != "box"}
-    return Correction(**values, box=_box_value(row.box))
+    values = {f.name: getattr(row, f.name) for f in fields(Correction) if f.name not in ("box", "kind")}
+    return Correction(**values, box=_box_value(row.box), kind=row.kind or CorrectionKind.USER.value)
 
 
 class ChatStore:
@@ -229,9 +241,17 @@ class ChatStore:
         reviewed_since: datetime | None = None,
         after_id: int = 0,
         limit: int | None = None,
+        kind: str | None = None,
+        name: str | None = None,
     ) -> list[Correction]:
-        """Corrections matching every filter given, oldest first."""
+        """Corrections matching every filter given, oldest first (``name``: case-insensitively)."""
         stmt = select(CorrectionRow).where(CorrectionRow.id > after_id).order_by(CorrectionRow.id)
+        if kind == CorrectionKind.USER:
+            stmt = stmt.where(CorrectionRow.kind.in_([CorrectionKind.USER.value, ""]))
+        elif kind is not None:
+            stmt = stmt.where(CorrectionRow.kind == kind)
+        if name is not None:
+            stmt = stmt.where(func.lower(CorrectionRow.name) == name.lower())
         if platform is not None:
             stmt = stmt.where(CorrectionRow.platform == platform)
         if user_id is not None:

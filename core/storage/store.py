@@ -73,6 +73,18 @@ class Character(Base):
     )
 
 
+class RemovedCharacter(Base):
+    """A character an admin removed: proposals from confident answers never bring it back (an admin teaching it
+    again does, and clears this)."""
+
+    __tablename__ = "anibot_removed_character"
+    __table_args__ = (UniqueConstraint("name", "series"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    series: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class Reference(Base):
     __tablename__ = "anibot_reference"
     __table_args__ = (UniqueConstraint("character_id", "image_sha256", "embedder"),)
@@ -463,12 +475,30 @@ class Store:
             ]
 
     def delete_character(self, name: str, series: str = "") -> bool:
+        """Remove a character and its references; it is remembered as removed (:meth:`removed_characters`)."""
         with self.session() as s:
             stmt = delete(Character).where(Character.name == name, Character.series == series)
             deleted = s.execute(stmt.returning(Character.id)).first() is not None  # refs: ON DELETE CASCADE
             if deleted:
                 self._bump(s)
+                self._insert_new(s, RemovedCharacter, ["name", "series"], name=name, series=series)
             return deleted
+
+    def removed_characters(self) -> list[tuple[str, str]]:
+        """(name, series) of the characters admins removed and did not teach again."""
+        with self.session() as s:
+            rows = s.execute(
+                select(RemovedCharacter.name, RemovedCharacter.series).order_by(RemovedCharacter.id)
+            )
+            return [(name, series) for name, series in rows]
+
+    def forget_removal(self, name: str, series: str = "") -> bool:
+        """An admin taught a removed character again: it is no longer removed."""
+        with self.session() as s:
+            stmt = delete(RemovedCharacter).where(
+                RemovedCharacter.name == name, RemovedCharacter.series == series
+            )
+            return s.execute(stmt.returning(RemovedCharacter.id)).first() is not None
 
     def delete_reference(self, name: str, series: str, image_sha256: str) -> bool:
         """Forget one reference of a character (its embeddings of every embedder); the character stays, even
