@@ -406,14 +406,36 @@ def demo(
     ),
     scenes: Annotated[int, typer.Option(min=1, max=200, help="How many scenes to generate.")] = 8,
     seed: Annotated[int, typer.Option(help="First scene seed.")] = 9_000_000,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            "--pull",
+            help="Install the community models recommended for this machine (detector, embedder, tagger; see "
+            "`anibot models recommend`) instead of training starters; offline, the starters are trained.",
+        ),
+    ] = False,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            dir_okay=False,
+            help="A model catalogue file of your own (for --pull and the prompt).",
+        ),
+    ] = None,
 ) -> None:
     """Build any missing starter model, generate sample scenes, analyse them, and score against the truth.
 
-    With a real face set (ANIBOT_FACES_DIR), also pictures with its held-out faces pasted in; with real labelled
-    pictures (ANIBOT_PICTURES_DIR), also the test part of them (real illustrations the detector never trained on)."""
-    from cli.models_cmd import build_missing
+    With --pull (or when you say yes at the prompt on a terminal), the recommended community models are installed
+    instead of training starters for the detector, embedder and tagger. With a real face set (ANIBOT_FACES_DIR),
+    also pictures with its held-out faces pasted in; with real labelled pictures (ANIBOT_PICTURES_DIR), also the
+    test part of them (real illustrations the detector never trained on)."""
+    from cli.models_cmd import build_missing, offer_community_models, pull_for_demo
 
     settings = get_settings()
+    if pull:
+        pull_for_demo(settings, catalog=catalog)
+    else:
+        offer_community_models(settings, catalog=catalog)
     build_missing(settings)
     analyse_one = _embedded_analyser(settings, top_n=settings.top_n)
     _score_demo(_synthetic_cases(out / "scenes", scenes, seed), analyse_one, out, "Synthetic scenes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -491,15 +492,18 @@ def pull_for_demo(
     return done
 
 
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer a question here (never in CI, scripts or pipes)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
 def offer_community_models(settings: Settings, *, catalog: Path | None = None) -> list[str]:
     """On an interactive terminal, when the demo would train starter models the hub could replace, ask whether to
     pull the recommended community models instead; the slots installed. Never asks without a terminal, nor
     when nothing is missing, nor offline (then one line says so)."""
-    import sys
-
     from core.learning.starter.build import missing_slots
 
-    if not sys.stdin.isatty():
+    if not stdin_is_terminal():
         return []
     missing = [slot for slot in missing_slots(settings) if slot in DEMO_SLOTS]
     if not missing:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: set up the environment, then build the starter models (first run) and run the demo.
+# `scripts/demo.sh --pull` installs the community models recommended for this machine instead (when online; offline
+# it says so and trains the starters); on a terminal, the demo asks before it trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh worker,dev

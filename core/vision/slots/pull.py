@@ -232,8 +232,8 @@ def _reason(exc: BaseException) -> str:
 def probe_hub(endpoint: str, timeout_s: float) -> str | None:
     """``None`` when the hub at ``endpoint`` answers within ``timeout_s`` (any HTTP status counts: it is there),
     else why not, on one line. One HEAD request, proxies honoured as for downloads; no token is sent."""
-    request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
+        request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout_s):
             return None
     except urllib.error.HTTPError as exc:
