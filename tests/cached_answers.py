@@ -116,6 +116,11 @@ class SeededStack:
         }
         return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
+    def layer(self, **overrides: object):  # type: ignore[no-untyped-def]
+        from bot.layer import CommandLayer
+
+        return CommandLayer.from_settings(self.settings(**overrides))
+
     def seed(self, data: bytes, result: AnalysisResult | None = None) -> AnalysisResult:
         """Make ``result`` (three heads by default) the finished analysis of the picture ``data``."""
         from workers.client import QueueClient

@@ -567,3 +567,22 @@ def test_a_request_lost_with_redis_is_a_503_to_send_again_not_a_400():
     assert response.status == 503  # the service's fault, not the caller's: send it again
     assert b'"code": "lost"' in response.body and b"send it again" in response.body
     assert reply_response(refusal("no such title", code="not_found")).status == 404
+
+
+def test_the_answer_says_which_confidence_it_is_sure_at(redis_kv, tmp_path):
+    """The web page shows "not sure" below ``sure_threshold`` (the chat's; the API's is the default)."""
+    from tests.cached_answers import SeededStack, picture
+
+    stack = SeededStack(tmp_path)
+    data = picture(7_700_201)
+    seeded = stack.seed(data)
+
+    async def test(client: TestClient, layer: Any) -> None:
+        response = await client.post("/v1/analyze", data=form(data))
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        validate(body, "/v1/analyze", "post", 200)
+        assert body["sure_threshold"] == 0.5 and body["cached"] is True
+        assert [h["name"] for h in body["result"]["heads"]] == [h.name for h in seeded.heads]
+
+    with_client(stack, test)

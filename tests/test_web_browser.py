@@ -49,7 +49,7 @@ from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from core.datasets.synth import CAST_BY_KEY, render_portrait, render_scene  # noqa: E402
-from core.vision.results import UNKNOWN  # noqa: E402
+from core.vision.results import AnalysisResult  # noqa: E402
 from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess, empty_redis, stack_env, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.queue
@@ -302,6 +302,12 @@ def shown_names(card: WebElement) -> list[str]:
     return [e.text.rsplit(" (", 1)[0] for e in card.find_elements(By.CSS_SELECTOR, ".head-item .head-name")]
 
 
+def shown_as(body: dict[str, Any]) -> list[str]:
+    """The names the page should show for an answer: "not sure" below its sure threshold (and for unknown heads)."""
+    result = AnalysisResult.from_dict(body["result"])
+    return [h.name if h.is_sure(body["sure_threshold"]) else "not sure" for h in result.heads]
+
+
 def downloaded_json(driver: WebDriver, card: WebElement) -> dict[str, Any]:
     """The card's "Download the JSON", clicked: the file the browser saved."""
     link = card.find_element(By.CSS_SELECTOR, "a.download")
@@ -391,7 +397,7 @@ def test_analyse_shows_the_annotated_picture_names_and_live_tag_filters(stack, b
         assert heads, body
         # what the page shows is the analysis: one box a head, the names of the JSON
         assert len(card.find_elements(By.CSS_SELECTOR, ".head-box")) == len(heads)
-        assert shown_names(card) == [h["name"] for h in heads]
+        assert shown_names(card) == shown_as(body)
         assert set(shown_names(card)) & expected, (shown_names(card), expected)
         assert card.find_element(By.CSS_SELECTOR, ".rating").text == (body["result"]["rating"] or "none")
         assert card.find_element(By.CSS_SELECTOR, ".caption").text == (body["result"]["caption"] or "none")
@@ -536,7 +542,7 @@ def test_an_admin_removes_and_teaches_a_character_from_five_pictures_and_it_is_n
         render_scene(8_700_001, characters=["natsu"], size=(448, 384)).image,
     )
     [card] = analyse(browser, stack, before)
-    assert shown_names(card) == [UNKNOWN]
+    assert shown_names(card) == ["not sure"]
 
     # add her from 5 pictures: 4 portraits, and a scene where the head to use is not the one chosen by default
     open_page(browser, stack, "admin")

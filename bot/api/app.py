@@ -251,6 +251,7 @@ async def analysis_response(form: AnalyzeForm, reply: Reply) -> web.Response:
         "job_id": job_id,
         "cached": bool(reply.data.get("cached")),
         "result": result,
+        "sure_threshold": reply.data.get("sure_threshold"),
         "annotated_url": f"/v1/jobs/{job_id}/annotated.jpg",
     }
     if form.full_size:

@@ -144,7 +144,8 @@ export function mount(root) {
         ),
       );
     }
-    parts.push(headsList(jobId, result));
+    const sure = typeof body.sure_threshold === "number" ? body.sure_threshold : DEFAULT_SURE;
+    parts.push(headsList(jobId, result, sure));
     parts.push(tagsSection(result));
     parts.push(
       h(
@@ -173,7 +174,7 @@ export function mount(root) {
       try {
         const src = await pictureUrl(body.annotated_url, { signal: state.controller.signal });
         state.urls.push(src);
-        replace(picture, annotatedPicture(src, result, card.file.name));
+        replace(picture, annotatedPicture(src, result, card.file.name, sure));
       } catch (error) {
         if (error && error.name === "AbortError") return;
         replace(picture, notice(`The annotated picture could not be loaded: ${error.message}`, "error"));
@@ -194,8 +195,25 @@ function queuedText(position) {
   return position <= 1 ? "Queued: next in line." : `Queued: number ${position} in line.`;
 }
 
-function headName(head) {
-  return `${head.name} (${percent(head.confidence)})`;
+// a head below the sure threshold (the answer's sure_threshold: the chat's; 0.5 is the server's default) shows no
+// name, its guesses behind "Show guesses", as in the chat bots
+const DEFAULT_SURE = 0.5;
+const NOT_SURE = "not sure";
+const SOURCES = { gallery: "from the gallery", tagger: "from the tagger", both: "both agree" };
+
+function isSure(head, sure) {
+  return head.name !== "unknown" && head.confidence >= sure;
+}
+
+function headName(head, sure) {
+  if (!isSure(head, sure)) return NOT_SURE;
+  const source = SOURCES[head.source];
+  return `${head.name} (${percent(head.confidence)}${source ? `, ${source}` : ""})`;
+}
+
+function guesses(head, sure) {
+  if (isSure(head, sure) || !head.candidates || !head.candidates.length) return candidatesList(head);
+  return h("details", { class: "guesses" }, h("summary", { text: "Show guesses" }), candidatesList(head));
 }
 
 function candidatesList(head) {
@@ -216,10 +234,10 @@ function candidatesList(head) {
 }
 
 /** The annotated picture with a button over each head; hover, focus or click shows its candidates. */
-function annotatedPicture(src, result, filename) {
+function annotatedPicture(src, result, filename, sure) {
   const boxes = result.heads.map((head, index) => ({
     box: head.box,
-    label: `Head ${index + 1}: ${headName(head)}. Show the candidates.`,
+    label: `Head ${index + 1}: ${headName(head, sure)}. Show the candidates.`,
   }));
   const { figure, buttons } = pictureWithBoxes({
     src,
@@ -236,7 +254,7 @@ function annotatedPicture(src, result, filename) {
     const popup = h(
       "div",
       { id: popupId, class: "head-popup", role: "tooltip", hidden: true },
-      h("p", { class: "popup-title", text: `Head ${index + 1}: ${headName(head)}` }),
+      h("p", { class: "popup-title", text: `Head ${index + 1}: ${headName(head, sure)}` }),
       candidatesList(head),
     );
     const [x1, , x2, y2] = head.box;
@@ -285,7 +303,7 @@ function annotatedPicture(src, result, filename) {
 }
 
 /** Each head: its name, its candidates, and the "Wrong? Tell me who" form. */
-function headsList(jobId, result) {
+function headsList(jobId, result, sure) {
   if (!result.heads.length) return notice("No heads were found in this picture.", "info");
   return h(
     "section",
@@ -298,8 +316,11 @@ function headsList(jobId, result) {
         h(
           "li",
           { class: "head-item" },
-          h("p", { class: "head-name", text: headName(head) }),
-          candidatesList(head),
+          h("p", {
+            class: isSure(head, sure) ? "head-name" : "head-name not-sure",
+            text: headName(head, sure),
+          }),
+          guesses(head, sure),
           correctionForm(jobId, index + 1),
         ),
       ),
