@@ -212,6 +212,7 @@ def tagger(
     """Tagging: per-tag F1 and macro-F1 on synthetic scenes; hair and eye colour F1 and hallucinated appearance
     tags on real faces."""
     from core.evaluation.tagging import (
+        evaluate_real_characters,
         evaluate_real_colours,
         evaluate_synthetic,
         tag_markdown,
@@ -231,6 +232,9 @@ def tagger(
     text = tag_markdown(reports, f"Tagging: `{manifest.version}`")
     if chosen and colours.hallucination is not None:
         text += "\n" + colours.hallucination.markdown()
+    characters = evaluate_real_characters(model, chosen) if chosen else None
+    if characters is not None:
+        text += "\n" + characters.markdown()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tagger.md").write_text(text, encoding="utf-8")
     for plot in write_tag_plots(reports, out):
@@ -241,6 +245,8 @@ def tagger(
         print(
             f"hallucinated appearance tags: {h.rate:.3f} of {h.n_pictures} real faces, {h.per_face:.3f} per face"
         )
+    if characters is not None:
+        print(characters.markdown().split("\n\n")[1])
 
 
 @eval_app.command("identify")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from core.vision.results import Tag
+from core.vision.slots.tagger import TagDef
 
 torch = pytest.importorskip("torch")
 
@@ -144,3 +145,28 @@ def test_every_look_says_yes_or_no_to_the_named_accessories_but_the_unsure_ones(
     luffy = weakly_known(vocab, CANONICAL_LOOKS["monkey_d_luffy"], UNSURE_LOOKS["monkey_d_luffy"])
     assert not dict(zip(vocab, luffy, strict=True))["hat"]
     assert not weakly_known(vocab, ()).any()  # a character without a look labels nothing
+
+
+class NamingTagger:
+    """Names every face Nami (a character tag it has), as a WD tagger with a character vocabulary would."""
+
+    tags: tuple[TagDef, ...] = (TagDef(0, "nami", 4, 1), TagDef(1, "nico_robin", 4, 1), TagDef(2, "black_hair", 0, 1))
+
+    def tag(self, image: object) -> list[Tag]:
+        return [Tag("nami", 0.95, "character"), Tag("black_hair", 0.9, "general")]
+
+
+def test_character_report_counts_right_wrong_and_names_given_to_unknown_characters(tmp_path: Path) -> None:
+    from core.datasets.face_sets import load_any_face_set
+    from core.evaluation.tagging import evaluate_real_characters
+
+    faces = flat_face_set(tmp_path / "faces", per_character=8)
+    test = load_any_face_set(faces).test
+    by_label = {label: sum(i.label == label for i in test) for label in FLAT_STAND_INS}
+    report = evaluate_real_characters(NamingTagger(), [faces])
+    # Nami and Robin have tags: Nami's faces are right, Robin's wrong; Zoro has none, so any name there is wrong
+    assert report.n_known == by_label["nami"] + by_label["nico_robin"]
+    assert report.right == by_label["nami"] and report.wrong == by_label["nico_robin"]
+    assert report.n_unknown == by_label["roronoa_zoro"] and report.named_unknown == by_label["roronoa_zoro"]
+    assert report.confusion.get("nico_robin -> nami") == by_label["nico_robin"] or by_label["nico_robin"] == 0
+    assert "named right" in report.markdown()

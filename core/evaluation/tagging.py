@@ -259,3 +259,64 @@ def weakly_known(vocab: list[str], look: tuple[str, ...], unsure: tuple[str, ...
     if look:
         known |= look_extras() - set(unsure)
     return np.array([t in known for t in vocab])
+
+
+@dataclass
+class CharacterReport:
+    """How the tagger's character tags name real test faces. ``known``: faces of characters the tagger has a tag
+    for (right: its best character tag is the face's character; wrong: another; silent: none); ``unknown``: faces of
+    characters it has no tag for, where any character tag is a wrong name."""
+
+    n_known: int
+    right: int
+    wrong: int
+    n_unknown: int
+    named_unknown: int
+    confusion: dict[str, int]  # "label -> said" -> faces
+
+    def markdown(self) -> str:
+        k, u = max(1, self.n_known), max(1, self.n_unknown)
+        lines = [
+            "## real faces: character tags",
+            "",
+            f"{self.n_known} faces of characters the tagger has a tag for: named right {self.right / k:.3f}, "
+            f"wrong {self.wrong / k:.3f}, silent {(self.n_known - self.right - self.wrong) / k:.3f}; "
+            f"{self.n_unknown} faces of other characters: named (wrongly) {self.named_unknown / u:.3f}",
+            "",
+            "| face -> best character tag | faces |",
+            "|---|---|",
+        ]
+        lines += [f"| {t} | {n} |" for t, n in sorted(self.confusion.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_real_characters(tagger: Tagger, faces_dirs: Path | Sequence[Path]) -> CharacterReport:
+    """The character tags the tagger gives the test faces of ``faces_dirs`` (every character, looks or not)."""
+    from core.characters.danbooru import from_tag, same_character
+    from core.datasets.face_sets import load_face_sets
+    from core.datasets.real_faces import load_images
+
+    roots = [Path(faces_dirs)] if isinstance(faces_dirs, str | Path) else [Path(r) for r in faces_dirs]
+    items = load_face_sets(roots).splits.test
+    vocabulary = [t.name for t in getattr(tagger, "tags", []) if getattr(t, "category", None) == 4]
+
+    def same(tag: str, label: str) -> bool:
+        a, b = from_tag(tag), from_tag(label)
+        return same_character(a.name, a.series, b.name, b.series)
+
+    right = wrong = n_known = n_unknown = named_unknown = 0
+    confusion: dict[str, int] = {}
+    for item, image in zip(items, load_images(items), strict=True):
+        said = [t for t in tagger.tag(image) if t.category == "character"]
+        best = max(said, key=lambda t: t.score).name if said else None
+        if any(same(v, item.label) for v in vocabulary):
+            n_known += 1
+            right += best is not None and same(best, item.label)
+            wrong += best is not None and not same(best, item.label)
+        else:
+            n_unknown += 1
+            named_unknown += best is not None
+        if best is not None:
+            key = f"{item.label} -> {best}"
+            confusion[key] = confusion.get(key, 0) + 1
+    return CharacterReport(n_known, right, wrong, n_unknown, named_unknown, confusion)
