@@ -275,3 +275,34 @@ def test_commands_and_buttons_are_rate_limited(bot_stack):
     assert (
         run(layer.command(invocation(), "help"))[0].kind is not ReplyKind.REFUSAL
     )  # others are not affected
+
+
+def test_show_guesses_answers_from_the_stored_result_in_its_own_chat_only(redis_kv, tmp_path):
+    """Over a result seeded in the result cache (no worker): the guesses of the heads the answer was not sure of,
+    by the chat's threshold at the press; from another chat, or for no job, the button has expired."""
+    from tests.cached_answers import SeededStack, picture
+
+    stack = SeededStack(tmp_path)
+    data = picture(7_700_401)
+    stack.seed(data)
+    layer = stack.layer()
+    inv = invocation(image(data))
+    [answer] = run(layer.images(inv, explicit=True))
+    assert answer.title == "3 heads found, 1 named, 2 not sure" and answer.buttons[0].action == "guesses"
+    press = answer.buttons[0].callback_data
+    [guesses] = run(layer.button(replace(inv, images=()), press))
+    assert [f.name for f in guesses.fields] == ["#2 not sure", "#3 not sure"]
+    assert layer.client.cache.pipeline_runs() == 0  # no analysis ran for it
+
+    for stranger in (
+        replace(inv, chat_id=fresh_id(), images=()),
+        replace(inv, platform="discord", images=()),
+    ):
+        refused = run(layer.button(stranger, press))[0]
+        assert refused.kind is ReplyKind.REFUSAL and refused.code == "expired"
+    assert run(layer.button(inv, "guesses:" + "0" * 32))[0].code == "expired"
+
+    admin = replace(inv, chat_kind=ChatKind.GROUP, is_chat_admin=True, args="sure 30%", images=())
+    assert run(layer.command(admin, "settings"))[0].kind is ReplyKind.INFO
+    [fewer] = run(layer.button(replace(inv, images=()), press))
+    assert [f.name for f in fewer.fields] == ["#3 not sure"]  # Hoshino Ai (38%) is named now
