@@ -198,3 +198,27 @@ def test_tagger_checkpoints_load_weights_only(tmp_path: Path, caplog: pytest.Log
         monkey.undo()
     assert calls == []  # nothing of the planted file ran
     assert any("unreadable: starting over" in r.getMessage() for r in caplog.records)
+
+
+def test_report_epoch_fraction_eta_and_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-epoch report the detector's two loops and the tagger's share: the job's fraction, the rounded loss,
+    the ETA from the epochs this run trained, and SliceEnded only while epochs remain."""
+    from core.learning.retrain import common
+
+    ctx, seen = context(tmp_path, {})
+    over, _ = context(tmp_path, {}, deadline_s=-1)
+    start = time.monotonic()
+    now = [start + 10.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    common.report_epoch(ctx, "detector", 2, 5, started=start, first_epoch=1, loss=0.123456)
+    now[0] = start + 30.0
+    common.report_epoch(
+        ctx, "tagger", 3, 4, started=start, first_epoch=1, loss=None, fraction_from=0.1, fraction_span=0.75
+    )
+    assert seen == [
+        TrainProgress(stage="training", fraction=0.37, epoch=2, epochs=5, loss=0.1235, eta_s=30.0),
+        TrainProgress(stage="training", fraction=0.6625, epoch=3, epochs=4, loss=None, eta_s=15.0),
+    ]
+    with pytest.raises(SliceEnded, match="detector retraining paused after epoch 2/3"):
+        common.report_epoch(over, "detector", 2, 3, started=start, first_epoch=0, loss=1.0)
+    common.report_epoch(over, "detector", 3, 3, started=start, first_epoch=0, loss=1.0)  # the last: no slice

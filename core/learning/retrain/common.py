@@ -1,5 +1,6 @@
 """What the detector and tagger retrainers share: job options, state and outcome files in the job's work folder,
-the model a job fine-tunes, the retrained model's name, promotion, and the held-back split of taught crops."""
+the model a job fine-tunes, the retrained model's name, promotion, the per-epoch report, and the held-back split of
+taught crops."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from core.learning.retrain.base import (
     NothingToLearn,
     RetrainInputs,
     RetrainOutcome,
+    SliceEnded,
     TrainingContext,
     TrainProgress,
 )
@@ -106,6 +109,37 @@ def promote(settings: Settings, kv: KeyValue | None, manifest: Manifest, files: 
 
 def stage_progress(ctx: TrainingContext, stage: str, fraction: float) -> None:
     ctx.progress(TrainProgress(stage=stage, fraction=round(fraction, 4)))
+
+
+def report_epoch(
+    ctx: TrainingContext,
+    target: str,
+    done: int,
+    epochs: int,
+    *,
+    started: float,
+    first_epoch: int,
+    loss: float | None,
+    fraction_from: float = 0.05,
+    fraction_span: float = 0.8,
+) -> None:
+    """Report epoch ``done`` of ``epochs`` (``loss`` rounded, None for none): the job's fraction
+    ``fraction_from + fraction_span * done / epochs`` and the ETA from the epochs this run trained since
+    ``first_epoch`` (``started`` a ``time.monotonic()``); raise :class:`SliceEnded` when the slice is over and epochs
+    remain (the caller saved its checkpoint first)."""
+    per_epoch = (time.monotonic() - started) / max(1, done - first_epoch)
+    ctx.progress(
+        TrainProgress(
+            stage="training",
+            fraction=round(fraction_from + fraction_span * done / epochs, 4),
+            epoch=done,
+            epochs=epochs,
+            loss=round(loss, 4) if loss is not None else None,
+            eta_s=round(per_epoch * (epochs - done), 1),
+        )
+    )
+    if done < epochs and ctx.slice_over():
+        raise SliceEnded(f"{target} retraining paused after epoch {done}/{epochs}")
 
 
 def finish(work: Path, outcome: RetrainOutcome) -> RetrainOutcome:

@@ -46,9 +46,7 @@ from core.learning.retrain.base import (
     NothingToLearn,
     RetrainInputs,
     RetrainOutcome,
-    SliceEnded,
     TrainingContext,
-    TrainProgress,
 )
 from core.learning.retrain.common import (
     STATE_FILE,
@@ -58,6 +56,7 @@ from core.learning.retrain.common import (
     job_options,
     promote,
     read_json,
+    report_epoch,
     retrained_name,
     split_references,
     stage_progress,
@@ -195,20 +194,9 @@ def _train(
             copy_atomic(Path(trainer.last), checkpoint)
         state["epochs_done"] = done
         write_json(work / STATE_FILE, state)
-        loss_value = _loss(trainer.tloss)
-        per_epoch = (time.monotonic() - started) / max(1, done - first_epoch)
-        ctx.progress(
-            TrainProgress(
-                stage="training",
-                fraction=round(0.05 + 0.8 * done / epochs, 4),
-                epoch=done,
-                epochs=epochs,
-                loss=round(loss_value, 4) if loss_value is not None else None,
-                eta_s=round(per_epoch * (epochs - done), 1),
-            )
+        report_epoch(
+            ctx, TARGET, done, epochs, started=started, first_epoch=first_epoch, loss=_loss(trainer.tloss)
         )
-        if done < epochs and ctx.slice_over():
-            raise SliceEnded(f"{TARGET} retraining paused after epoch {done}/{epochs}")
 
     resuming = first_epoch > 0 and checkpoint.is_file()
     model = YOLO(str(checkpoint if resuming else pt))
@@ -313,19 +301,15 @@ def _train_lite(ctx: TrainingContext, work: Path, state: dict[str, Any], base: M
         write_atomic(checkpoint, buffer.getvalue())
         state["epochs_done"] = epoch
         write_json(work / STATE_FILE, state)
-        per_epoch = (time.monotonic() - started) / max(1, epoch - first_epoch)
-        ctx.progress(
-            TrainProgress(
-                stage="training",
-                fraction=round(0.05 + 0.8 * epoch / epochs, 4),
-                epoch=epoch,
-                epochs=epochs,
-                loss=round(float(np.mean(run.losses[-per_epoch_steps:])), 4),
-                eta_s=round(per_epoch * (epochs - epoch), 1),
-            )
+        report_epoch(
+            ctx,
+            TARGET,
+            epoch,
+            epochs,
+            started=started,
+            first_epoch=first_epoch,
+            loss=float(np.mean(run.losses[-per_epoch_steps:])),
         )
-        if epoch < epochs and ctx.slice_over():
-            raise SliceEnded(f"{TARGET} retraining paused after epoch {epoch}/{epochs}")
     save_weights(net, work / "final.pt")
     state["trained"] = True
     write_json(work / STATE_FILE, state)

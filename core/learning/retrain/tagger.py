@@ -46,9 +46,7 @@ from core.learning.retrain.base import (
     NothingToLearn,
     RetrainInputs,
     RetrainOutcome,
-    SliceEnded,
     TrainingContext,
-    TrainProgress,
 )
 from core.learning.retrain.common import (
     STATE_FILE,
@@ -57,6 +55,7 @@ from core.learning.retrain.common import (
     job_options,
     promote,
     read_json,
+    report_epoch,
     retrained_name,
     split_references,
     stage_progress,
@@ -284,20 +283,18 @@ def _train(
         _save_checkpoint(checkpoint, done, net, optimizer, scheduler, gen)
         state["epochs_done"] = done
         write_json(work / STATE_FILE, state)
-        per_epoch = (time.monotonic() - started) / (done - first_epoch)
         loss_value = running / max(1, seen)
-        ctx.progress(
-            TrainProgress(
-                stage="training",
-                fraction=round(0.1 + 0.75 * done / epochs, 4),
-                epoch=done,
-                epochs=epochs,
-                loss=round(loss_value, 4) if math.isfinite(loss_value) else None,
-                eta_s=round(per_epoch * (epochs - done), 1),
-            )
+        report_epoch(
+            ctx,
+            TARGET,
+            done,
+            epochs,
+            started=started,
+            first_epoch=first_epoch,
+            loss=loss_value if math.isfinite(loss_value) else None,
+            fraction_from=0.1,
+            fraction_span=0.75,
         )
-        if done < epochs and ctx.slice_over():
-            raise SliceEnded(f"{TARGET} retraining paused after epoch {done}/{epochs}")
 
 
 def _export(model: Any, base: Manifest, folder: Path, size: int) -> None:
