@@ -327,3 +327,37 @@ def test_demo_on_a_terminal_asks_before_training(
     else:
         assert read_active(tmp_path / "models") == NAMES
         assert demo_env["trained"] == ["captioner"]
+
+
+def test_a_model_that_fails_to_download_is_said_in_one_line_and_trained(
+    demo_env: dict[str, Any],
+    hub: StandInHub,
+    community: dict[str, dict[str, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import cli.models_cmd
+
+    serve(hub, {slot: files for slot, files in community.items() if slot != "tagger"})  # the tagger: HTTP 404
+    demo_env["catalog"].write_text(json.dumps(catalogue_data(community)))
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+
+    class Trained(Exception):
+        pass
+
+    def build_missing(settings: Settings) -> None:
+        from core.learning.starter.build import missing_slots
+
+        demo_env["trained"] = missing_slots(settings)
+        raise Trained
+
+    monkeypatch.setattr(cli.models_cmd, "build_missing", build_missing)
+    result = run_demo("--pull", "--catalog", str(demo_env["catalog"]), "--out", str(tmp_path / "out"))
+
+    assert isinstance(result.exception, Trained), result.output
+    failed = [line for line in result.stderr.splitlines() if "was not installed" in line]
+    assert len(failed) == 1 and failed[0].startswith(f"{NAMES['tagger']} was not installed (")
+    assert "HTTP 404" in failed[0] and failed[0].endswith("the starter tagger is trained instead.")
+    assert read_active(tmp_path / "models") == {"detector": NAMES["detector"], "embedder": NAMES["embedder"]}
+    assert demo_env["trained"] == ["tagger", "captioner"]
+    assert not (tmp_path / "models" / "tagger").exists() and not (tmp_path / "models" / ".staging").exists()
