@@ -66,6 +66,45 @@ def test_lite0_loads_strictly_and_exports_to_onnx_with_the_same_outputs(tmp_path
         assert not torch.allclose(fresh(x), model(x), atol=1e-3)
 
 
+def test_the_starter_manifest_hashes_its_files_and_a_folder_role_file_by_file(tmp_path: Path) -> None:
+    """Every starter builder saves its manifest through save_starter_manifest: the sha256 of each file, in the order
+    of ``files``; a role naming a folder (the captioner's pretrained/) gets one digest per file in it, sorted."""
+    import hashlib
+
+    from core.learning.starter.common import save_starter_manifest
+    from core.vision.slots.base import Manifest
+
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    (tmp_path / "pretrained" / "sub").mkdir(parents=True)
+    (tmp_path / "pretrained" / "b.json").write_text("{}")
+    (tmp_path / "pretrained" / "a.bin").write_bytes(b"aa")
+    saved = save_starter_manifest(
+        tmp_path,
+        slot="detector",
+        name="starter-x",
+        format="yolo-onnx",
+        files={"torch": "model.pt", "onnx": "model.onnx", "pretrained": "pretrained"},
+        thresholds={"confidence": 0.3},
+        input_size=64,
+        provenance="made in a test",
+        extra={"seed": 1},
+    )
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    assert list(saved.sha256.items()) == [
+        ("model.pt", sha(b"weights")),
+        ("model.onnx", sha(b"graph")),
+        ("pretrained/a.bin", sha(b"aa")),
+        ("pretrained/b.json", sha(b"{}")),
+    ]
+    loaded = Manifest.load(tmp_path)
+    assert loaded == saved and loaded.folder == tmp_path
+    assert (loaded.thresholds, loaded.input_size, loaded.extra) == ({"confidence": 0.3}, 64, {"seed": 1})
+
+
 def test_picture_split_is_stable_and_disjoint() -> None:
     names = [f"images/{i}.jpg" for i in range(600)]
     splits = [lite.picture_split(n) for n in names]

@@ -49,9 +49,15 @@ from torch import nn
 
 from core.datasets.synth import BACKGROUNDS, CAST, COUNT_WORDS, EYE_COLOURS, HAIR_COLOURS, render_scene
 from core.evaluation.captioning import build_report, caption_scenes, claim_wrong_shares
-from core.learning.starter.common import choose_device, seed_everything, torch_threads, training_threads
+from core.learning.starter.common import (
+    choose_device,
+    save_starter_manifest,
+    seed_everything,
+    torch_threads,
+    training_threads,
+)
 from core.vision.grounding import trusted_kinds
-from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.base import Manifest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, VisionEncoderDecoderModel
@@ -476,14 +482,12 @@ def _train(
         n_examples=2,
     )
     assert validation.raw is not None
-    manifest = Manifest(
+    manifest = save_starter_manifest(
+        out_dir,
         slot="captioner",
         name=MODEL_NAME,
         format=MODEL_FORMAT,
         files={"pretrained": PRETRAINED_DIR},
-        sha256={
-            f"{PRETRAINED_DIR}/{p.name}": file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()
-        },
         thresholds={"max_claim_wrong": max_claim_wrong},
         input_size=image_size,
         provenance=(
@@ -519,8 +523,6 @@ def _train(
             "validate_s": round(time.monotonic() - validate_started, 1),
             "total_s": round(time.monotonic() - started, 1),
         },
-        folder=out_dir,
     )
-    manifest.save()
     report("done", 1.0)
     return manifest

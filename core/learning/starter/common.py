@@ -1,4 +1,4 @@
-"""Small torch helpers shared by the starter-model trainers: seeding, device choice, ONNX export."""
+"""Small helpers shared by the starter-model trainers: seeding, device choice, ONNX export, the saved manifest."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from core.vision.slots.base import Manifest, file_sha256
 
 
 def seed_everything(seed: int) -> None:
@@ -74,3 +77,42 @@ def export_onnx(
             dynamo=False,
         )
     return path
+
+
+def save_starter_manifest(
+    out_dir: Path,
+    *,
+    slot: str,
+    name: str,
+    format: str,
+    files: dict[str, str],
+    thresholds: dict[str, float],
+    input_size: int | None,
+    provenance: str,
+    extra: dict[str, Any],
+) -> Manifest:
+    """The built model's manifest, saved in ``out_dir``: ``files`` (role -> name in ``out_dir``) with their sha256,
+    in the order of ``files``; a role naming a folder has each file in it hashed as ``folder/file``, sorted."""
+    sha256: dict[str, str] = {}
+    for file_name in files.values():
+        path = out_dir / file_name
+        if path.is_dir():
+            for inner in sorted(path.iterdir()):
+                if inner.is_file():
+                    sha256[f"{file_name}/{inner.name}"] = file_sha256(inner)
+        else:
+            sha256[file_name] = file_sha256(path)
+    manifest = Manifest(
+        slot=slot,
+        name=name,
+        format=format,
+        files=files,
+        sha256=sha256,
+        thresholds=thresholds,
+        input_size=input_size,
+        provenance=provenance,
+        extra=extra,
+        folder=out_dir,
+    )
+    manifest.save()
+    return manifest

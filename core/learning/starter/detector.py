@@ -46,7 +46,7 @@ from PIL import Image
 
 from core.datasets.detection_scenes import render_detection_scene
 from core.datasets.real_faces import FaceSplits, load_face_splits, load_images
-from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.base import Manifest
 from core.vision.slots.ultralytics_env import default_config_dir, ultralytics_offline
 
 STARTER_NAME = "anibot-starter-yolov8n-head"
@@ -220,12 +220,15 @@ def train_starter_detector(
         shutil.copyfile(exported, out_dir / "model.onnx")
         shutil.copyfile(best, out_dir / "model.pt")
         files = {"onnx": "model.onnx", "pt": "model.pt"}
-        manifest = Manifest(
+        # here, not at the top: this module imports no torch until ultralytics does
+        from core.learning.starter.common import save_starter_manifest
+
+        manifest = save_starter_manifest(
+            out_dir,
             slot="detector",
             name=STARTER_NAME,
             format="yolo-onnx",
             files=files,
-            sha256={name: file_sha256(out_dir / name) for name in files.values()},
             thresholds={"confidence": 0.35, "iou": 0.5},
             input_size=imgsz,
             provenance=(
@@ -253,9 +256,7 @@ def train_starter_detector(
                 "seed": seed,
                 "train_seconds": round(time.monotonic() - started, 1),
             },
-            folder=out_dir,
         )
-        manifest.save()
         report("done", 1.0)
         return manifest
     finally:

@@ -85,9 +85,15 @@ from core.datasets.synth import (
     render_portrait,
     render_scene,
 )
-from core.learning.starter.common import export_onnx, seed_everything, torch_threads, training_threads
+from core.learning.starter.common import (
+    export_onnx,
+    save_starter_manifest,
+    seed_everything,
+    torch_threads,
+    training_threads,
+)
 from core.vision.results import Box
-from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.base import Manifest
 from core.vision.slots.embedder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -893,12 +899,12 @@ def train_starter_embedder(
         if backbone in BACKBONES and pretrained
         else f"timm {backbone} (pretrained=False) trained from scratch"
     )
-    manifest = Manifest(
+    manifest = save_starter_manifest(
+        out_dir,
         slot="embedder",
         name=STARTER_NAME,
         format=FORMAT,
         files={"onnx": onnx_path.name, "torch": torch_path.name},
-        sha256={onnx_path.name: file_sha256(onnx_path), torch_path.name: file_sha256(torch_path)},
         thresholds={"identify": round(threshold, 6)},
         input_size=input_size,
         provenance=(
@@ -915,8 +921,6 @@ def train_starter_embedder(
             f"{len(ys) if losses else batch_size} crops at {input_size}px, seed {seed}"
         ),
         extra=extra,
-        folder=out_dir,
     )
-    manifest.save()
     report("done", 1.0)
     return manifest

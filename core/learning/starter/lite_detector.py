@@ -31,8 +31,14 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from core.evaluation.picture_folders import SPLIT_SHARES, picture_split  # noqa: F401 (re-exported)
-from core.learning.starter.common import export_onnx, seed_everything, torch_threads, training_threads
-from core.vision.slots.base import Manifest, file_sha256
+from core.learning.starter.common import (
+    export_onnx,
+    save_starter_manifest,
+    seed_everything,
+    torch_threads,
+    training_threads,
+)
+from core.vision.slots.base import Manifest
 
 STARTER_NAME = "anibot-starter-lite0-head"
 BACKBONE = "efficientnet_lite0"
@@ -631,12 +637,12 @@ def train_lite_detector(
     confidence, val_f1 = best_f1_threshold(probe, val_set, margin=0.0 if real_val else DRAWN_MARGIN)
     confidence = max(confidence, 0.1)
     files = {"onnx": "model.onnx", "torch": "model.pt"}
-    manifest = Manifest(
+    manifest = save_starter_manifest(
+        out_dir,
         slot="detector",
         name=STARTER_NAME,
         format="yolo-onnx",
         files=files,
-        sha256={name: file_sha256(out_dir / name) for name in files.values()},
         thresholds={"confidence": confidence, "iou": 0.5},
         input_size=export_size,
         provenance=(
@@ -665,9 +671,7 @@ def train_lite_detector(
             "seed": seed,
             "train_seconds": round(time.monotonic() - started, 1),
         },
-        folder=out_dir,
     )
-    manifest.save()
     (out_dir / "training.json").write_text(
         json.dumps({"losses": [round(v, 4) for v in losses]}), encoding="utf-8"
     )

@@ -98,12 +98,13 @@ from core.evaluation.tagging import (  # noqa: F401 - look_extras, weakly_known:
 from core.learning.starter.common import (
     choose_device,
     export_onnx,
+    save_starter_manifest,
     seed_everything,
     torch_threads,
     training_threads,
 )
 from core.vision.results import Box
-from core.vision.slots.base import Manifest, file_sha256
+from core.vision.slots.base import Manifest
 from core.vision.slots.tagger import (
     CATEGORY_CHARACTER,
     CATEGORY_GENERAL,
@@ -877,12 +878,12 @@ def _train(
     left_out = [t for t, th in zip(vocab, tag_thresholds, strict=True) if th >= 0.999]
 
     roots_text = ", ".join(str(r) for r in face_roots)
-    manifest = Manifest(
+    manifest = save_starter_manifest(
+        out_dir,
         slot="tagger",
         name=MODEL_NAME,
         format="wd14-onnx",
         files={"onnx": onnx_path.name, "tags": tags_path.name, "torch": torch_path.name},
-        sha256={p.name: file_sha256(p) for p in (onnx_path, tags_path, torch_path)},
         # one threshold for both categories: the per-tag scales in the ONNX carry each tag's own threshold
         thresholds={"general": threshold, "character": threshold},
         input_size=input_size,
@@ -937,9 +938,7 @@ def _train(
             "train_s": round(train_s, 1),
             "total_s": round(time.monotonic() - started, 1),
         },
-        folder=out_dir,
     )
-    manifest.save()
     report("done", 1.0)
     return manifest
 
