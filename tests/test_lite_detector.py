@@ -105,6 +105,88 @@ def test_the_starter_manifest_hashes_its_files_and_a_folder_role_file_by_file(tm
     assert (loaded.thresholds, loaded.input_size, loaded.extra) == ({"confidence": 0.3}, 64, {"seed": 1})
 
 
+def _old_best_f1_threshold(detector, pictures, iou=0.3, *, margin=0.0):  # type: ignore[no-untyped-def]
+    """best_f1_threshold as it was before it reused core.evaluation.detection's matching (its own loop)."""
+    from core.evaluation.detection import iou_matrix
+
+    scored, n_truth = [], 0
+    for picture in pictures:
+        found = detector.detect(picture.image)
+        truth = picture.boxes
+        n_truth += len(truth)
+        pred = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in found]).reshape(-1, 4)
+        used: set[int] = set()
+        overlaps = iou_matrix(pred, truth)
+        for i, det in enumerate(found):
+            hit = False
+            if len(truth):
+                for j in np.argsort(-overlaps[i]):
+                    if overlaps[i, j] >= iou and j not in used:
+                        used.add(int(j))
+                        hit = True
+                        break
+            scored.append((det.score, hit))
+    if not scored or n_truth == 0:
+        return 0.5, 0.0
+    scored.sort(key=lambda s: -s[0])
+    best_k, best_f1, tp = 0, -1.0, 0
+    for k, (_score, hit) in enumerate(scored, 1):
+        tp += hit
+        f1 = 2 * tp / (k + n_truth)
+        if f1 > best_f1:
+            best_k, best_f1 = k, f1
+    top = scored[best_k - 1][0] - 1e-4
+    below = scored[best_k][0] if best_k < len(scored) else 0.0
+    return round(max(top - margin, (top + below) / 2), 4), round(best_f1, 4)
+
+
+class _StandIn:
+    """A detector whose answers are given per picture, best first (as the project's detectors return them)."""
+
+    def __init__(self, answers: dict[int, list]) -> None:  # type: ignore[type-arg]
+        self.answers = answers
+
+    def detect(self, image):  # type: ignore[no-untyped-def]
+        return self.answers[id(image)]
+
+
+def test_best_f1_threshold_matches_as_before_on_random_detections() -> None:
+    """The threshold and F1 of best_f1_threshold, now matched by core.evaluation.detection, equal the old loop's
+    on many random pictures (heads near true boxes, duplicates, strays, pictures without heads)."""
+    from PIL import Image
+
+    from core.vision.results import Box
+    from core.vision.slots.base import Detection
+
+    rng = np.random.default_rng(0)
+    trials = 0
+    for trial in range(60):
+        pictures, answers = [], {}
+        for _ in range(int(rng.integers(1, 6))):
+            image = Image.new("RGB", (8, 8))
+            n_truth = int(rng.integers(0, 5))
+            xy = rng.uniform(0, 200, (n_truth, 2))
+            size = rng.uniform(10, 60, (n_truth, 1))
+            truth = np.hstack([xy, xy + size]).astype(np.float32)
+            boxes = [t + rng.normal(0, 4, 4) for t in truth for _ in range(int(rng.integers(0, 3)))]
+            boxes += [
+                np.r_[p, p + rng.uniform(5, 50, 2)] for p in rng.uniform(0, 200, (int(rng.integers(0, 4)), 2))
+            ]
+            scores = np.round(rng.uniform(0, 1, len(boxes)), 2)  # rounded: ties happen
+            dets = [
+                Detection(Box(*map(float, boxes[i])), float(scores[i]))
+                for i in np.argsort(-scores, kind="stable")
+            ]
+            answers[id(image)] = dets
+            pictures.append(lite.BoxedPicture(image, truth.reshape(-1, 4)))
+        detector = _StandIn(answers)
+        for iou, margin in ((0.3, 0.0), (0.5, lite.DRAWN_MARGIN)):
+            got = lite.best_f1_threshold(detector, pictures, iou, margin=margin)
+            assert got == _old_best_f1_threshold(detector, pictures, iou, margin=margin), (trial, iou)
+            trials += got != (0.5, 0.0)
+    assert trials > 60  # most trials had heads and detections: the comparison is not between two defaults
+
+
 def test_picture_split_is_stable_and_disjoint() -> None:
     names = [f"images/{i}.jpg" for i in range(600)]
     splits = [lite.picture_split(n) for n in names]
