@@ -15,13 +15,13 @@ their characters is listed in :attr:`FaceSets.held_out_characters`, which the tr
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.datasets.folders import LabelledImage, load_folder_dataset
 from core.datasets.real_faces import FaceSplits, load_face_splits
+from core.datasets.splits import hash_part
 
 # shares of a flat set: train, validation (thresholds, recipe choices), test (reports)
 FLAT_SHARES: dict[str, float] = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -29,14 +29,7 @@ FLAT_SHARES: dict[str, float] = {"train": 0.70, "val": 0.15, "test": 0.15}
 
 def flat_split_of(item: LabelledImage) -> str:
     """``train``, ``val`` or ``test`` for an image of a flat set, from the sha256 of ``character/file name``."""
-    digest = hashlib.sha256(f"{item.label}/{item.path.name}".encode()).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    for split, share in FLAT_SHARES.items():
-        edge += share
-        if position < edge:
-            return split
-    return "test"
+    return hash_part(f"{item.label}/{item.path.name}", FLAT_SHARES)
 
 
 def split_flat(items: Sequence[LabelledImage]) -> FaceSplits:
