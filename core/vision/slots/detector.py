@@ -32,7 +32,7 @@ from PIL import Image
 from core.settings import Settings
 from core.vision.results import Box
 from core.vision.slots.base import Detection, Manifest
-from core.vision.slots.onnx_runtime import onnx_providers, onnx_session
+from core.vision.slots.onnx_runtime import onnx_session, run_model
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,12 @@ class OnnxYoloDetector:
         providers: list[str] | None = None,
         threads: int = 0,
         input_size: int | None = None,
+        device: str | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
-        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
+        self.session = onnx_session(
+            onnx_path, providers=providers, threads=threads, device=device, cache_dir=cache_dir
+        )
         self.version = version
         self.confidence = float(confidence)
         self.iou = float(iou)
@@ -300,7 +304,7 @@ class OnnxYoloDetector:
             version=_version_for(manifest, confidence, iou, resize),
             confidence=confidence,
             iou=iou,
-            providers=onnx_providers(settings.device),
+            device=settings.device,
             threads=settings.onnx_threads,
             input_size=manifest.input_size,
         )
@@ -321,7 +325,7 @@ class OnnxYoloDetector:
 
     def detect(self, image: Image.Image) -> list[Detection]:
         tensor, box_map = self.preprocess(image)
-        output = self.session.run(None, {self.input_name: tensor})[0]
+        output = run_model(self.session, {self.input_name: tensor})[0]
         found = decode_yolo_output(
             output,
             box_map,

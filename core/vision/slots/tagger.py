@@ -21,7 +21,7 @@ from PIL import Image
 from core.settings import Settings
 from core.vision.results import Tag
 from core.vision.slots.base import Manifest
-from core.vision.slots.onnx_runtime import onnx_providers, onnx_session
+from core.vision.slots.onnx_runtime import onnx_session, run_model
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,16 @@ class Wd14Tagger:
         thresholds: dict[str, float] | None = None,
         providers: list[str] | None = None,
         threads: int = 0,
+        device: str | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
 
         self.version = version
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.tags = read_selected_tags(tags_csv)
-        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
+        self.session = onnx_session(
+            onnx_path, providers=providers, threads=threads, device=device, cache_dir=cache_dir
+        )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = list(inp.shape)
@@ -145,12 +149,12 @@ class Wd14Tagger:
             manifest.path("tags"),
             version=manifest.version,
             thresholds={**DEFAULT_THRESHOLDS, **manifest.thresholds},
-            providers=onnx_providers(settings.device),
+            device=settings.device,
             threads=settings.onnx_threads,
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+        return np.asarray(run_model(self.session, {self.input_name: batch})[0], dtype=np.float32)
 
     def scores(self, image: Image.Image) -> np.ndarray:
         """The model's output for one image, in ``selected_tags.csv`` order."""
@@ -168,6 +172,16 @@ class Wd14Tagger:
             chunk = [wd14_preprocess(image, self.input_size) for image in images[start : start + step]]
             rows.append(self._run(np.concatenate(chunk, axis=0)))
         return np.concatenate(rows, axis=0)
+
+    def tag_scores(self, images: list[Image.Image], floor: float = 0.05) -> list[dict[str, float]]:
+        """Per image, every general and character tag scoring at least ``floor``, by name: the evidence the
+        character fusion reads from head crops."""
+        keep = (self._categories == CATEGORY_GENERAL) | (self._categories == CATEGORY_CHARACTER)
+        out = []
+        for row in self.scores_batch(images):
+            chosen = np.flatnonzero(keep & (row >= floor))
+            out.append({self._names[i]: float(row[i]) for i in chosen})
+        return out
 
     def probabilities(self, image: Image.Image) -> dict[str, float]:
         return dict(zip(self._names, self.scores(image).tolist(), strict=True))
