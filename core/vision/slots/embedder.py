@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from core.vision.crops import HEAD_ONLY, CropRule
 from core.vision.slots.base import Manifest
-from core.vision.slots.onnx_runtime import onnx_providers, onnx_session
+from core.vision.slots.onnx_runtime import onnx_session, run_model
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -154,11 +154,15 @@ class OnnxEmbedder:
         resize: str = "pad",
         flip: bool = True,
         crop_rule: CropRule = HEAD_ONLY,
+        device: str | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.resize = resize
         self.flip = flip
         self.crop_rule = crop_rule
-        self.session = onnx_session(onnx_path, providers=providers, threads=threads)
+        self.session = onnx_session(
+            onnx_path, providers=providers, threads=threads, device=device, cache_dir=cache_dir
+        )
         self.version = version
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -195,7 +199,7 @@ class OnnxEmbedder:
             input_size=manifest.input_size,
             mean=mean,
             std=std,
-            providers=onnx_providers(settings.device if settings is not None else "cpu"),
+            device=settings.device if settings is not None else "cpu",
             threads=settings.onnx_threads if settings is not None else 0,
             resize=squaring(manifest),
             flip=flip_tta(manifest),
@@ -211,16 +215,19 @@ class OnnxEmbedder:
             if self.fixed_batch and rows < self.fixed_batch:
                 pad = np.zeros((self.fixed_batch - rows, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            out = np.asarray(self.session.run(None, {self.input_name: chunk})[0], dtype=np.float32)
+            out = np.asarray(run_model(self.session, {self.input_name: chunk})[0], dtype=np.float32)
             outputs.append(out.reshape(out.shape[0], -1)[:rows])
         return np.concatenate(outputs)
 
     def embed(self, crops: list[Image.Image]) -> np.ndarray:
+        """One model call for all the crops (the pipeline passes every head of a picture at once) and their
+        mirrors, while they fit ``batch_size`` rows; more crops take more calls of ``batch_size`` rows."""
         if not crops:
             return np.zeros((0, self.dim), np.float32)
         result = []
-        for start in range(0, len(crops), self.batch_size):
-            part = crops[start : start + self.batch_size]
+        per_call = max(1, self.batch_size // (2 if self.flip else 1))  # crops whose rows fill one call
+        for start in range(0, len(crops), per_call):
+            part = crops[start : start + per_call]
             batch = preprocess(
                 part, self.input_size, self.mean, self.std, with_mirror=self.flip, resize=self.resize
             )
