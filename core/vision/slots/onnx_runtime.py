@@ -8,8 +8,9 @@ the providers the session really got and logs the reason (a warning whenever CUD
 
 Graph optimisation is ``ORT_ENABLE_ALL``. With a ``cache_dir`` the optimised graph is saved there (keyed by the
 source file, the ONNX Runtime version, the providers and this CPU, see :func:`cached_optimised_path`) and later
-sessions load it instead; the slots do not pass one: on the CPU, at the real models' sizes, a session on the cached
-graph of the 411 MB SwinV2 tagger took as long as optimising afresh (2.2 s), and the first save cost 3 s more.
+sessions load it instead. The slots do not pass one: on this 2-core CPU a session on the cached graph of a 411 MB
+SwinV2 tagger stand-in took 1.25 s instead of 1.9 s, once per worker process, for 3.5 s spent saving it first and
+another 400 MB on disk for each model version; not worth a second copy of every model.
 IO binding (:func:`run_model`) is used on CUDA only: on the CPU it was measured not to pay (the tagger and the
 embedder ran no faster; ``scripts/bench_realsize.py`` prints both).
 """
