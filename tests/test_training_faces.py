@@ -9,6 +9,7 @@ import pytest
 
 from core.datasets.real_faces import load_face_splits
 from core.vision.slots.base import Manifest, file_sha256
+from tests.tiny_training import TINY_EMBEDDER
 
 
 def test_embedder_trains_on_faces_but_never_on_unseen_characters(tmp_path: Path, face_set: Path) -> None:
@@ -16,14 +17,8 @@ def test_embedder_trains_on_faces_but_never_on_unseen_characters(tmp_path: Path,
 
     manifest = train_starter_embedder(
         tmp_path / "model",
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=12,
-        input_size=32,
+        **TINY_EMBEDDER,
         n_scenes=12,
-        portraits_per_character=2,
-        extra_identities=4,
-        extra_renders=2,
         val_scenes=10,
         thumbnail=2,
         faces_dir=face_set,
