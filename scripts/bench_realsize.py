@@ -255,7 +255,20 @@ def build(spec: StandIn, folder: Path, catalogue: Catalogue) -> None:
         info = build_detector(spec, folder)
     seconds = time.perf_counter() - started
     digests = {f.filename: file_sha256(folder / f.filename) for f in entry.files}
-    manifest = entry.manifest(folder, digests)
+    stamp = {"key": spec.key(), "build_s": round(seconds, 1), "sha256": digests, **info}
+    (folder / "stand_in.json").write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+
+
+def install_manifest(spec: StandIn, folder: Path, catalogue: Catalogue) -> Manifest:
+    """The manifest ``anibot models pull`` would write for the entry ``spec`` stands for, over the stand-in's
+    files; written at each run, so that a change of the catalogue entry (a model's switches) is timed too."""
+    entry = catalogue.get(spec.entry)
+    stamp_path = folder / "stand_in.json"
+    stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+    if set(stamp.get("sha256", {})) != {f.filename for f in entry.files}:  # built before digests were kept
+        stamp["sha256"] = {f.filename: file_sha256(folder / f.filename) for f in entry.files}
+        stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+    manifest = entry.manifest(folder, stamp["sha256"])
     manifest = Manifest(
         **{
             **asdict(manifest),
@@ -265,8 +278,7 @@ def build(spec: StandIn, folder: Path, catalogue: Catalogue) -> None:
         }
     )
     manifest.save()
-    stamp = {"key": spec.key(), "build_s": round(seconds, 1), **info}
-    (folder / "stand_in.json").write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+    return manifest
 
 
 def build_all(specs: Sequence[StandIn], root: Path) -> None:
@@ -366,7 +378,7 @@ def load_models(
     cache_dir = Path(settings.data_dir) / "onnx-optimised"
     for spec in specs:
         folder = root / spec.slot
-        manifest = Manifest.load(folder)
+        manifest = install_manifest(spec, folder, catalogue)
         onnx_file = folder / manifest.files["onnx"]
         session_options = {"device": settings.device, "threads": settings.onnx_threads}
         _, optimise_s = _seconds(onnx_session, onnx_file, cache_dir=cache_dir, **session_options)
