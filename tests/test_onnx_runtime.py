@@ -308,3 +308,25 @@ def test_tagger_loader_says_why_it_runs_on_the_cpu(
     )
     assert tagger.input_size == 16
     assert [t.name for t in tagger.tag(Image.new("RGB", (20, 10)))][-1:] == ["general"]
+
+
+def test_an_unusable_cache_folder_only_costs_the_cache(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    session = onnx_session(model, device="cpu", cache_dir=blocker / "cache")
+    assert run_model(session, {"x": np.ones((1, 4), np.float32)})[0].shape == (1, 3)
+    [record] = session_lines(caplog)
+    assert "optimised graph not cached" in record.getMessage()
+
+
+def test_a_fallen_back_session_saves_no_graph_under_the_cuda_key(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match=CUDA):
+        onnx_session(model, device="cuda", cache_dir=cache)
+    assert list(cache.iterdir()) == []

@@ -187,21 +187,29 @@ def onnx_session(
             if cached.is_file():
                 load_from, cache_note = cached, f"; optimised graph loaded from {cached}"
             else:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
-                save_to = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-                options.optimized_model_filepath = str(save_to)
-                # ONNX Runtime warns that such a graph suits this CPU only: the cache key holds the CPU's flags
-                options.log_severity_level = 3
-                cache_note = f"; optimised graph saved to {cached}"
+                try:
+                    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    cache_note = f"; optimised graph not cached ({exc})"
+                else:
+                    save_to = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+                    options.optimized_model_filepath = str(save_to)
+                    # ONNX Runtime warns that such a graph suits this CPU only: the cache key holds the CPU's flags
+                    options.log_severity_level = 3
+                    cache_note = f"; optimised graph saved to {cached}"
 
     session = ort.InferenceSession(str(load_from), sess_options=options, providers=choice.providers)
+    running = list(session.get_providers())
     if save_to is not None:
         try:
-            os.replace(save_to, cached)  # atomic: a concurrent worker never loads a half-written graph
+            if running[:1] != choice.providers[:1]:  # fell back: that graph is not the one the key names
+                save_to.unlink(missing_ok=True)
+                cache_note = "; optimised graph not cached (the asked provider did not load)"
+            else:
+                os.replace(save_to, cached)  # atomic: a concurrent worker never loads a half-written graph
         except OSError as exc:
             cache_note = f"; optimised graph not cached ({exc})"
 
-    running = list(session.get_providers())
     reason = choice.reason
     warn = choice.warn
     if CUDA in choice.providers and CUDA not in running:
