@@ -8,11 +8,12 @@ the providers the session really got and logs the reason (a warning whenever CUD
 
 Graph optimisation is ``ORT_ENABLE_ALL``. With a ``cache_dir`` the optimised graph is saved there (keyed by the
 source file, the ONNX Runtime version, the providers and this CPU, see :func:`cached_optimised_path`) and later
-sessions load it instead. The slots do not pass one: on this 2-core CPU a session on the cached graph of a 411 MB
-SwinV2 tagger stand-in took 1.25 s instead of 1.9 s, once per worker process, for 3.5 s spent saving it first and
-another 400 MB on disk for each model version; not worth a second copy of every model.
-IO binding (:func:`run_model`) is used on CUDA only: on the CPU it was measured not to pay (the tagger and the
-embedder ran no faster; ``scripts/bench_realsize.py`` prints both).
+sessions load it instead. The slots do not pass one: measured on 2 CPU cores with stand-ins of the real sizes
+(``scripts/bench_realsize.py``), a session on the cached graph took 1.9 s instead of 2.7 s for the 411 MB SwinV2
+tagger and 0.4 s instead of 0.6 s for the 147 MB CaFormer embedder: about 1 s once per worker process, for a second
+copy of every model on disk (560 MB for these two) that nothing would clean up when models change.
+IO binding (:func:`run_model`) is used on CUDA only: on the CPU it did not pay (tagger p50 1233 ms bound against
+1266 ms plain, within the noise; embedder, 3 rows, 1674 ms against 1409 ms).
 """
 
 from __future__ import annotations
