@@ -344,3 +344,36 @@ def test_fit_threshold_bad_folders_are_clear_errors(fit_env: Path, tmp_path: Pat
     result = run_cli("eval", "identify", "--fit-threshold", str(broken), "--images", "pictures")
     assert result.exit_code == 2 and "needs a head detector" in result.stderr
     assert json.loads((fit_env / "manifest.json").read_text())["extra"].get("threshold_fit") is None
+
+
+class HeadOnTheLeft:
+    """A detector that finds a head in the left half of a picture, none in a picture narrower than 50 px."""
+
+    version = "left"
+
+    def detect(self, image: Image.Image) -> list[Detection]:
+        if image.width < 50:
+            return []
+        return [Detection(Box(4.0, 4.0, 24.0, 24.0), 0.9), Detection(Box(30.0, 30.0, 34.0, 34.0), 0.5)]
+
+
+def test_fit_on_whole_pictures_cuts_them_as_the_pipeline_does(tmp_path: Path) -> None:
+    from core.evaluation.threshold_fit import fit_on_folder
+
+    faces = face_folder(tmp_path / "pictures", per_character=4)
+    Image.new("RGB", (40, 40), "white").save(faces / "aoi" / "small.png")  # no head: skipped
+    rule = CropRule(0.5)
+    embedder = Recording(rule)
+    report = fit_on_folder(embedder, faces, detector=HeadOnTheLeft(), images="auto", refs=1)  # type: ignore[arg-type]
+    assert report.images == "pictures" and report.skipped_no_head == 1 and report.n_images == 21
+    assert report.crop == {"context": 0.5}
+    # the embedder saw the largest head of every picture, grown by its rule
+    expected = embedder_crop_region(Box(4.0, 4.0, 24.0, 24.0), (64, 64), rule)
+    assert len(embedder.seen) == 20
+    assert {c.size for c in embedder.seen} == {(expected[2] - expected[0], expected[3] - expected[1])}
+    first = sorted((faces / "aoi").glob("0.png"))[0]
+    with Image.open(first) as picture:
+        np.testing.assert_array_equal(
+            np.asarray(embedder.seen[0]), np.asarray(picture.convert("RGB").crop(expected))
+        )
+    assert report.known_queries > 0 and report.unknown_queries == 20

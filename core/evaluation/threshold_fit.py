@@ -167,7 +167,7 @@ def embed_set(
     return kept, matrix, skipped
 
 
-def _searches(
+def fold_searches(
     labels: Sequence[str], vectors: np.ndarray, *, refs: int, folds: int, n_out: int, seed: int
 ) -> tuple[list[float], list[bool], list[float]]:
     """Known queries' best similarities and top-1 rightness, and unknown queries' best similarities, over
@@ -249,7 +249,7 @@ def fit_on_folder(
     matrix = vectors[[row for _, row in usable]]
     n_out = min(max(1, round(len(characters) * unknown_fraction)), len(characters) - 1)
     rounds = max(1, folds if folds is not None else -(-len(characters) // n_out))
-    known_sims, known_right, unknown_sims = _searches(
+    known_sims, known_right, unknown_sims = fold_searches(
         labels, matrix, refs=refs, folds=rounds, n_out=n_out, seed=seed
     )
     if not known_sims:
