@@ -542,7 +542,7 @@ def test_an_admin_removes_and_teaches_a_character_from_five_pictures_and_it_is_n
         render_scene(8_700_001, characters=["natsu"], size=(448, 384)).image,
     )
     [card] = analyse(browser, stack, before)
-    assert shown_names(card) == ["not sure"]
+    assert shown_names(card) == ["not sure"], card.text
 
     # add her from 5 pictures: 4 portraits, and a scene where the head to use is not the one chosen by default
     open_page(browser, stack, "admin")
