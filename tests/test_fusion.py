@@ -205,3 +205,22 @@ def test_candidates_merge_the_same_character_and_stay_within_top_n() -> None:
     names = [(c.name, c.source) for c in head.candidates]
     assert len(names) == 3 and names[0] == ("Rem", "tagger")
     assert ("Girl 1", "both") in names
+
+
+def test_a_tagger_that_may_only_confirm_never_names_a_head_the_gallery_did_not() -> None:
+    confirm = FusionParams(top_n=3, tagger_alone=False)
+    tags = [char("rem_(re:zero)", 0.95), char("emilia_(re:zero)", 0.9)]
+    # no gallery guess: the tags are guesses only
+    [alone] = fuse([unknown_head(BOX_A)], tags, params=confirm)
+    assert alone.name == UNKNOWN and {c.name for c in alone.candidates} == {"Rem", "Emilia"}
+    # the gallery's guess below its threshold agreeing is not enough: still unknown, the guess marked "both"
+    guess = Candidate("Emilia", "Re:Zero", 0.4, 0.3)
+    [guessed] = fuse([unknown_head(BOX_A, guess)], tags, params=confirm)
+    assert guessed.name == UNKNOWN and ("Emilia", "both") in [(c.name, c.source) for c in guessed.candidates]
+    # a head the gallery named is confirmed
+    [named] = fuse([gallery_head(BOX_A, "Emilia", "Re:Zero", 0.8)], tags, params=confirm)
+    assert (named.name, named.source) == ("Emilia", "both")
+    # several heads: nobody named from the tags
+    crops = [CropEvidence({"rem_(re:zero)": 0.9}, 0.35), CropEvidence({"emilia_(re:zero)": 0.9}, 0.35)]
+    heads = fuse([unknown_head(BOX_A), unknown_head(BOX_B, guess)], tags, crops=crops, params=confirm)
+    assert [h.name for h in heads] == [UNKNOWN, UNKNOWN]

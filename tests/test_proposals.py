@@ -144,3 +144,44 @@ def test_the_cli_lists_and_decides_proposals(store: Store, tmp_path, monkeypatch
     again = runner.invoke(app, ["characters", "review", "--reject", str(made.id)])
     assert "is not waiting" in again.output
     get_settings.cache_clear()
+
+
+# --- from an analysis in the worker -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_worker_proposes_a_tagger_named_head_and_keeps_its_picture(model_settings, tmp_path, monkeypatch):
+    """A scene the empty gallery cannot name but the tagger can: the analysis task's hook keeps a proposal, keeps the
+    picture for review, and with ANIBOT_AUTOREF_ACCEPT queues the apply job."""
+    import io
+    import time
+
+    from core.datasets.synth import CAST_BY_KEY, render_scene
+    from core.storage.jobs import BLOB_PREFIX, Requester
+    from tests.test_pipeline import empty_gallery_service
+    from workers import tasks
+
+    settings_changes = {"autoref_min_confidence": 0.3, "autoref_accept": True}
+    service = empty_gallery_service(model_settings, tmp_path, names="alone", **settings_changes)
+    settings, store = service.settings, service.store
+    buffer = io.BytesIO()
+    render_scene(9_200_500, characters=["natsu"]).image.save(buffer, format="PNG")
+    image = service.blobs.put(buffer.getvalue())
+    job = service.jobs.create("analyze", Requester("test", "chat-1", "user-1"), params={"image": image})
+    outcome = service.analyze(buffer.getvalue(), top_n=3, job_id=job.id)
+    [head] = outcome.result.heads
+    natsu = CAST_BY_KEY["natsu"]
+    assert (head.name, head.source) == (natsu.name, "tagger"), head
+    sent: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(tasks.app, "send_task", lambda name, args, queue: sent.append((name, args)))
+    tasks._proposals.cache_clear()
+    tasks.propose_reference(service, job, outcome.result)
+    [proposal] = ChatStore(store).corrections(kind="proposal")
+    assert (proposal.name, proposal.series, proposal.status) == (natsu.name, natsu.series, "approved")
+    assert proposal.chat_id == "chat-1" and proposal.image_sha256 == outcome.result.image_sha256
+    assert [name for name, _ in sent] == ["anibot.corrections.apply"]
+    _, expires = service.kv._data[BLOB_PREFIX + image]  # kept for review, not the input's short life
+    assert expires - time.monotonic() >= settings.correction_keep_s - 5
+    tasks.propose_reference(service, job, outcome.result)  # the same answer again: proposed once
+    assert len(ChatStore(store).corrections(kind="proposal")) == 1 and len(sent) == 1
+    tasks._proposals.cache_clear()

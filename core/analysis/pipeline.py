@@ -57,6 +57,10 @@ from core.vision.slots.registry import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_IDENTIFY_THRESHOLD = 0.5
+# a tagger manifest's extra["character_names"]: "alone" (its character tags may name a head by themselves: WD
+# taggers, starters trained with real pictures) or "confirm" (they only confirm the gallery's best guess)
+CHARACTER_NAMES_ALONE = "alone"
+CHARACTER_NAMES_CONFIRM = "confirm"
 
 
 @dataclass
@@ -283,7 +287,13 @@ class AnalysisPipeline:
             regions = [image.crop(_context_square(h.box, image.size)) for h in heads]
             crops = [CropEvidence(scores, general) for scores in scores_of(regions)]
         known = self.gallery.current()[0].characters if self.gallery is not None else ()
-        return fuse(heads, tags, crops=crops, known=known, params=FusionParams(top_n=max(1, top_n)))
+        manifest = self.slots.manifests.get("tagger")
+        alone = (
+            manifest is None
+            or manifest.extra.get("character_names", CHARACTER_NAMES_ALONE) == CHARACTER_NAMES_ALONE
+        )
+        params = FusionParams(top_n=max(1, top_n), tagger_alone=alone)
+        return fuse(heads, tags, crops=crops, known=known, params=params)
 
     def _identify(
         self,

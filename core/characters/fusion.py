@@ -13,6 +13,10 @@ knows what admins taught. :func:`fuse` puts the two together per head:
   (from its crop's tags) with the character's known look. A pair scoring below ``min_assign`` is left out: such a tag
   matches no head and stays a picture tag only.
 
+A tagger whose character tags were never checked on a real picture (a starter trained on drawn scenes alone; its
+manifest says ``extra.character_names: confirm``) only confirms heads the gallery named: on real art its tags name
+the drawn cast's lookalikes. Its tags are guesses elsewhere.
+
 Names are written as people write them (core.characters.danbooru); when the gallery knows the same character (an
 admin taught "Rem | Re:Zero" and the tagger says ``rem_(re:zero)``), the gallery's spelling is used, so both name one
 character.
@@ -50,6 +54,11 @@ class FusionParams:
     # the least weighted evidence that assigns a tag to a head (a crop score of 0.55 alone reaches it)
     min_assign: float = 0.3
     top_n: int = 5
+    # whether a character tag may name a head the gallery did not name; False: it only confirms heads the gallery
+    # named (source "both") and is a guess elsewhere. For a tagger whose character tags were never checked on a real
+    # picture (a starter trained on drawn scenes alone): on real art they name the drawn cast's lookalikes, and
+    # agreeing with the gallery's guess below its threshold is a coincidence of colours (7 % of web5's pictures)
+    tagger_alone: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,19 @@ def _with_candidate(head: Head, candidate: Candidate, top_n: int) -> tuple[Candi
     return tuple(merged[: max(top_n, 1)])
 
 
+def _agrees(head: Head, tag: Tag, known: Sequence[tuple[str, str]]) -> bool:
+    """Whether the gallery's best guess for ``head`` is the character of ``tag``."""
+    name, series = _written(tag.name, known)
+    top = head.candidates[0] if head.candidates else None
+    return (
+        top is not None and top.source != SOURCE_TAGGER and same_character(top.name, top.series, name, series)
+    )
+
+
 def _named(head: Head, tag: Tag, confidence: float, known: Sequence[tuple[str, str]], top_n: int) -> Head:
     name, series = _written(tag.name, known)
     gallery = _gallery_confidence(head, name, series)
-    top = head.candidates[0] if head.candidates else None
-    agrees = top is not None and same_character(top.name, top.series, name, series)
+    agrees = _agrees(head, tag, known)
     candidates = _with_candidate(
         head, Candidate(name, series, confidence, _similarity(head, name, series), SOURCE_TAGGER), top_n
     )
@@ -202,13 +219,13 @@ def fuse(
     open_heads = [i for i, h in enumerate(out) if not gallery_named(h)]
 
     if len(out) == 1:
-        if open_heads and left:  # one head, a character tag left: that head, the best tag
+        if open_heads and left and params.tagger_alone:  # one head, a character tag left: that head, the best tag
             out[0] = _named(out[0], left[0], left[0].score, known, params.top_n)
             left = left[1:]
         for tag in left:  # the other tags are guesses for the only head
             out[0] = _as_candidate(out[0], tag, known, params.top_n)
         return out
-    if not open_heads or not left:
+    if not open_heads or not left or not params.tagger_alone:
         return out
 
     # several heads: assign the tags left to the heads the gallery did not name
@@ -226,9 +243,9 @@ def fuse(
             )
     rows, cols = linear_sum_assignment(evidence, maximize=True)
     for a, b in zip(rows, cols, strict=True):
+        i, tag = open_heads[a], left[b]
         if evidence[a, b] < params.min_assign:
             continue  # this tag matches no head well enough
-        i, tag = open_heads[a], left[b]
         out[i] = _named(
             out[i], tag, min(tag.score, float(evidence[a, b]) / params.crop_weight), known, params.top_n
         )

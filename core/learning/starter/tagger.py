@@ -922,6 +922,9 @@ def _train(
             },
             "tag_thresholds": {t: round(float(th), 3) for t, th in zip(vocab, tag_thresholds, strict=True)},
             "characters": characters,
+            # without a real training picture its character tags were never checked on real art (on real faces they
+            # name the drawn cast's lookalikes): they may only confirm the gallery (core.analysis.pipeline)
+            "character_names": "alone" if has_real else "confirm",
             "real_supported_tags": [t for t, ok in zip(vocab, supported, strict=True) if ok],
             "left_out_tags": left_out,
             "rating_accuracy": round(rating_acc, 4),
