@@ -13,9 +13,9 @@ knows what admins taught. :func:`fuse` puts the two together per head:
   (from its crop's tags) with the character's known look. A pair scoring below ``min_assign`` is left out: such a tag
   matches no head and stays a picture tag only.
 
-A tagger whose character tags were never checked on a real picture (a starter trained on drawn scenes alone; its
-manifest says ``extra.character_names: confirm``) only confirms heads the gallery named: on real art its tags name
-the drawn cast's lookalikes. Its tags are guesses elsewhere.
+A tagger whose manifest says ``extra.character_names: confirm`` (the starter taggers: a closed set of a dozen or so
+characters with no "someone else", so on real art they name lookalikes) only confirms heads the gallery named; its
+tags are guesses elsewhere. WD taggers (2,751 characters, trained on millions of pictures) name heads alone.
 
 Names are written as people write them (core.characters.danbooru); when the gallery knows the same character (an
 admin taught "Rem | Re:Zero" and the tagger says ``rem_(re:zero)``), the gallery's spelling is used, so both name one
@@ -55,9 +55,9 @@ class FusionParams:
     min_assign: float = 0.3
     top_n: int = 5
     # whether a character tag may name a head the gallery did not name; False: it only confirms heads the gallery
-    # named (source "both") and is a guess elsewhere. For a tagger whose character tags were never checked on a real
-    # picture (a starter trained on drawn scenes alone): on real art they name the drawn cast's lookalikes, and
-    # agreeing with the gallery's guess below its threshold is a coincidence of colours (7 % of web5's pictures)
+    # named (source "both") and is a guess elsewhere. For the starter taggers: on real art they name lookalikes, and
+    # even agreeing with the gallery's guess below its threshold was a coincidence of colours (7 % of web5's
+    # pictures named wrongly that way by the fresh-machine starter)
     tagger_alone: bool = True
 
 
@@ -219,7 +219,9 @@ def fuse(
     open_heads = [i for i, h in enumerate(out) if not gallery_named(h)]
 
     if len(out) == 1:
-        if open_heads and left and params.tagger_alone:  # one head, a character tag left: that head, the best tag
+        if (
+            open_heads and left and params.tagger_alone
+        ):  # one head, a character tag left: that head, the best tag
             out[0] = _named(out[0], left[0], left[0].score, known, params.top_n)
             left = left[1:]
         for tag in left:  # the other tags are guesses for the only head

@@ -922,9 +922,12 @@ def _train(
             },
             "tag_thresholds": {t: round(float(th), 3) for t, th in zip(vocab, tag_thresholds, strict=True)},
             "characters": characters,
-            # without a real training picture its character tags were never checked on real art (on real faces they
-            # name the drawn cast's lookalikes): they may only confirm the gallery (core.analysis.pipeline)
-            "character_names": "alone" if has_real else "confirm",
+            # its character tags may only confirm the gallery (core.characters.fusion): they are a closed set of a few
+            # characters with no "someone else", so on real art they name lookalikes. Measured with names alone: the
+            # fresh-machine tagger named 12 % of web5's pictures wrongly (the drawn cast on real faces); trained with
+            # moeimouto10 + onepiece5 it named 95 % of its characters' test faces right but every keima3 face (never
+            # trained on) wrongly, and 17 % of web5's pictures of unknown characters (scripts/bench_names_real.py)
+            "character_names": "confirm",
             "real_supported_tags": [t for t, ok in zip(vocab, supported, strict=True) if ok],
             "left_out_tags": left_out,
             "rating_accuracy": round(rating_acc, 4),
