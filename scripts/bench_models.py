@@ -48,8 +48,8 @@ from core.vision.slots.embedder import flip_average, preprocess  # noqa: E402
 from core.vision.slots.registry import SLOTS, ModelNotInstalled, active_manifest, load_slot  # noqa: E402
 from core.vision.slots.tagger import wd14_preprocess  # noqa: E402
 from scripts.benchmarking import (  # noqa: E402
+    CallTimings,
     machine_line,
-    pct,
     scenes,
     stage_medians,
     time_calls,
@@ -92,7 +92,7 @@ EAGER_LOADERS = {
 
 
 @dataclass(frozen=True)
-class Timing:
+class Timing(CallTimings):
     """Seconds of repeated calls of one engine on one kind of input."""
 
     slot: str
@@ -100,19 +100,6 @@ class Timing:
     case: str  # what one call gets: "1 head", "8 crops", ...
     images_per_call: int
     seconds: list[float]
-
-    @property
-    def p50_ms(self) -> float:
-        return pct(self.seconds, 50) * 1000
-
-    @property
-    def p95_ms(self) -> float:
-        return pct(self.seconds, 95) * 1000
-
-    @property
-    def images_per_s(self) -> float:
-        """Images (or crops) per second over all the timed calls."""
-        return self.images_per_call * len(self.seconds) / sum(self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {

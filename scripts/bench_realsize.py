@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from core.vision.slots.base import Manifest, file_sha256  # noqa: E402
 from core.vision.slots.catalog import Catalogue  # noqa: E402
-from scripts.benchmarking import machine_line, pct, time_calls  # noqa: E402
+from scripts.benchmarking import CallTimings, machine_line, time_calls  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench-realsize"
 SLOT_ORDER = ("detector", "embedder", "tagger")
@@ -309,23 +309,11 @@ def is_built(spec: StandIn, folder: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class Row:
+class Row(CallTimings):
     stage: str
     case: str
     images_per_call: int
     seconds: list[float]
-
-    @property
-    def p50_ms(self) -> float:
-        return pct(self.seconds, 50) * 1000
-
-    @property
-    def p95_ms(self) -> float:
-        return pct(self.seconds, 95) * 1000
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images_per_call * len(self.seconds) / sum(self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,27 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+class CallTimings:
+    """p50 / p95 milliseconds and images per second of a benchmark row: a dataclass mixing it in has
+    ``images_per_call`` and ``seconds`` (one entry per timed call)."""
+
+    images_per_call: int
+    seconds: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return pct(self.seconds, 50) * 1000
+
+    @property
+    def p95_ms(self) -> float:
+        return pct(self.seconds, 95) * 1000
+
+    @property
+    def images_per_s(self) -> float:
+        """Images (or crops) per second over all the timed calls."""
+        return self.images_per_call * len(self.seconds) / sum(self.seconds)
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
