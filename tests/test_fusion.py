@@ -224,3 +224,17 @@ def test_a_tagger_that_may_only_confirm_never_names_a_head_the_gallery_did_not()
     crops = [CropEvidence({"rem_(re:zero)": 0.9}, 0.35), CropEvidence({"emilia_(re:zero)": 0.9}, 0.35)]
     heads = fuse([unknown_head(BOX_A), unknown_head(BOX_B, guess)], tags, crops=crops, params=confirm)
     assert [h.name for h in heads] == [UNKNOWN, UNKNOWN]
+
+
+def test_the_answer_stays_the_first_candidate_before_a_higher_scoring_guess() -> None:
+    # an admin taught this look as "Hoshino Natsu"; the tagger, at 0.99, knows the drawn cast's Natsu Tachibana
+    [head] = fuse(
+        [gallery_head(BOX_A, "Hoshino Natsu", "", 0.8)],
+        [char("natsu_tachibana_(forest_song)", 0.99)],
+        params=PARAMS,
+    )
+    assert head.name == "Hoshino Natsu"
+    assert [(c.name, c.source) for c in head.candidates] == [
+        ("Hoshino Natsu", "gallery"),
+        ("Natsu Tachibana", "tagger"),
+    ]

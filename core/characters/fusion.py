@@ -175,6 +175,21 @@ def _as_candidate(head: Head, tag: Tag, known: Sequence[tuple[str, str]], top_n:
     return replace(head, candidates=_with_candidate(head, candidate, top_n))
 
 
+def _names_first(heads: list[Head]) -> list[Head]:
+    """Each named head with its own name as its first candidate (a tagger's guess may score higher than the name the
+    confident gallery gave: the answer stays first, the guess after it)."""
+    out = []
+    for head in heads:
+        own = [
+            c
+            for c in head.candidates
+            if head.name != UNKNOWN and same_character(c.name, c.series, head.name, head.series)
+        ]
+        rest = [c for c in head.candidates if c not in own]
+        out.append(replace(head, candidates=(*own[:1], *own[1:], *rest)) if own else head)
+    return out
+
+
 def fuse(
     heads: Sequence[Head],
     tags: Sequence[Tag],
@@ -193,7 +208,7 @@ def fuse(
         {t.name: t for t in tags if t.category == CHARACTER}.values(), key=lambda t: (-t.score, t.name)
     )
     if not out or not characters:
-        return out
+        return _names_first(out)
 
     def gallery_named(h: Head) -> bool:
         return h.name != UNKNOWN and h.source in (SOURCE_GALLERY, SOURCE_BOTH)
@@ -226,9 +241,9 @@ def fuse(
             left = left[1:]
         for tag in left:  # the other tags are guesses for the only head
             out[0] = _as_candidate(out[0], tag, known, params.top_n)
-        return out
+        return _names_first(out)
     if not open_heads or not left or not params.tagger_alone:
-        return out
+        return _names_first(out)
 
     # several heads: assign the tags left to the heads the gallery did not name
     evidence = np.zeros((len(open_heads), len(left)))
@@ -251,4 +266,4 @@ def fuse(
         out[i] = _named(
             out[i], tag, min(tag.score, float(evidence[a, b]) / params.crop_weight), known, params.top_n
         )
-    return out
+    return _names_first(out)
