@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, Counter[str]] = {}
     for item, image in zip(items, load_images(items, longest=1024), strict=True):
         in_gallery = any(is_character(n, s, item.label) for n, s in known)
-        in_tagger = any(is_character(*_written(t), item.label) for t in tag_names)
+        in_tagger = any(is_character(*from_tag(t).pair, item.label) for t in tag_names)
         group = (
             "known to the gallery" if in_gallery else ("known to the tagger only" if in_tagger else "unknown")
         )
@@ -104,11 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         parts = ", ".join(f"{k} {v / n:.3f}" for k, v in sorted(counts.items()))
         print(f"  {group} ({n} pictures): {parts}")
     return 0
-
-
-def _written(tag: str) -> tuple[str, str]:
-    name = from_tag(tag)
-    return name.name, name.series
 
 
 if __name__ == "__main__":

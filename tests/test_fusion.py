@@ -31,8 +31,8 @@ def test_tags_are_written_as_people_write_them_and_back(tag: str, name: str, ser
 
 
 def test_same_character_ignores_case_word_order_and_a_missing_series() -> None:
-    assert same_character("Rem", "Re:Zero", *_pair(from_tag("rem_(re:zero)")))
-    assert same_character("Sakura Kinomoto", "Cardcaptor Sakura", *_pair(from_tag("kinomoto_sakura")))
+    assert same_character("Rem", "Re:Zero", *(from_tag("rem_(re:zero)").pair))
+    assert same_character("Sakura Kinomoto", "Cardcaptor Sakura", *(from_tag("kinomoto_sakura").pair))
     assert same_character("ＲＥＭ", "", "rem", "Re:Zero")  # full width, no series on one side
     assert not same_character("Rem", "Re:Zero", "Rem", "Another Series")
     assert not same_character("Rem", "", "Ram", "")
@@ -42,10 +42,6 @@ def test_same_character_ignores_case_word_order_and_a_missing_series() -> None:
         from_tag("  ")
     with pytest.raises(ValueError):
         to_tag("", "x")
-
-
-def _pair(written: object) -> tuple[str, str]:
-    return written.name, written.series  # type: ignore[attr-defined]
 
 
 # --- fusion -----------------------------------------------------------------------------------------------------

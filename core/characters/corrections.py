@@ -248,6 +248,11 @@ class Corrections:
     def to_apply(self) -> list[Correction]:
         return self.chats.corrections(status=CorrectionStatus.APPROVED)
 
+    def _end_approved(self, corrections: Sequence[Correction], status: CorrectionStatus, reason: str) -> None:
+        """Approved corrections that will not be applied end in ``status``, with the reason."""
+        ids = [c.id for c in corrections if c.id is not None]
+        self.chats.set_correction_status(ids, status, expected=CorrectionStatus.APPROVED, reason=reason)
+
     def apply(self, teacher: Teaches, picture: Callable[[str], Image.Image | None]) -> ApplyReport:
         """Teach every approved correction not applied yet. ``picture`` gives the decoded picture of an image
         sha256, or None when it expired. Safe to run twice: references are keyed by picture and box, and a
@@ -256,12 +261,7 @@ class Corrections:
         removed = list(self.removed()) if self.removed is not None else []
         withdrawn = [c for c in approved if c.is_proposal and is_removed(removed, c.name, c.series)]
         if withdrawn:
-            self.chats.set_correction_status(
-                [c.id for c in withdrawn if c.id is not None],
-                CorrectionStatus.REJECTED,
-                expected=CorrectionStatus.APPROVED,
-                reason=REMOVED_REASON,
-            )
+            self._end_approved(withdrawn, CorrectionStatus.REJECTED, REMOVED_REASON)
             log.info("proposals %s not applied: %s", [c.id for c in withdrawn], REMOVED_REASON)
             approved = [c for c in approved if c not in withdrawn]
         expired: list[Correction] = []
@@ -286,12 +286,7 @@ class Corrections:
             key = (correction.name.casefold(), correction.series.casefold())
             groups.setdefault(key, []).append((correction, reference))
         if expired:
-            self.chats.set_correction_status(
-                [c.id for c in expired if c.id is not None],
-                CorrectionStatus.EXPIRED,
-                expected=CorrectionStatus.APPROVED,
-                reason=EXPIRED_REASON,
-            )
+            self._end_approved(expired, CorrectionStatus.EXPIRED, EXPIRED_REASON)
             for c in expired:
                 log.warning(
                     "correction %s (%s, head %d of %s) not applied: %s",

@@ -47,6 +47,11 @@ class CharacterName:
     def key(self) -> tuple[str, ...]:
         return name_key(self.name)
 
+    @property
+    def pair(self) -> tuple[str, str]:
+        """(name, series), as the gallery keys characters."""
+        return self.name, self.series
+
 
 def _title_word(word: str, first: bool) -> str:
     if not word:

@@ -88,12 +88,20 @@ def _written(tag: str, known: Sequence[tuple[str, str]]) -> tuple[str, str]:
     return name.name, name.series
 
 
+def _candidate_of(head: Head, name: str, series: str, *, gallery_only: bool = False) -> Candidate | None:
+    """``head``'s candidate for (name, series), the gallery's only with ``gallery_only``; None when not among them."""
+    for c in head.candidates:
+        if (not gallery_only or c.source in (SOURCE_GALLERY, SOURCE_BOTH)) and same_character(
+            c.name, c.series, name, series
+        ):
+            return c
+    return None
+
+
 def _gallery_confidence(head: Head, name: str, series: str) -> float:
     """The gallery's confidence that ``head`` is (name, series), from its candidates (0 when not among them)."""
-    for c in head.candidates:
-        if c.source in (SOURCE_GALLERY, SOURCE_BOTH) and same_character(c.name, c.series, name, series):
-            return c.confidence
-    return 0.0
+    found = _candidate_of(head, name, series, gallery_only=True)
+    return found.confidence if found is not None else 0.0
 
 
 def _with_candidate(head: Head, candidate: Candidate, top_n: int) -> tuple[Candidate, ...]:
@@ -150,10 +158,8 @@ def _named(head: Head, tag: Tag, confidence: float, known: Sequence[tuple[str, s
 
 
 def _similarity(head: Head, name: str, series: str) -> float:
-    for c in head.candidates:
-        if same_character(c.name, c.series, name, series):
-            return c.similarity
-    return 0.0
+    found = _candidate_of(head, name, series)
+    return found.similarity if found is not None else 0.0
 
 
 def _confirmed(head: Head, tag: Tag, top_n: int) -> Head:

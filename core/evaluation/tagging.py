@@ -81,6 +81,11 @@ class ColourReport:
     hallucination: HallucinationReport | None = None
 
 
+def count_rows(counts: dict[str, int]) -> list[str]:
+    """Markdown table rows ``| key | count |``, most first (ties by key)."""
+    return [f"| {k} | {n} |" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 @dataclass
 class HallucinationReport:
     """Appearance tags (hair and eye colours, lengths, styles, accessories) that fire on a real face and are wrong
@@ -106,7 +111,7 @@ class HallucinationReport:
             "| tag | faces it fired on wrongly |",
             "|---|---|",
         ]
-        lines += [f"| {t} | {n} |" for t, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        lines += count_rows(self.counts)
         return "\n".join(lines) + "\n"
 
 
@@ -286,7 +291,7 @@ class CharacterReport:
             "| face -> best character tag | faces |",
             "|---|---|",
         ]
-        lines += [f"| {t} | {n} |" for t, n in sorted(self.confusion.items(), key=lambda kv: (-kv[1], kv[0]))]
+        lines += count_rows(self.confusion)
         return "\n".join(lines) + "\n"
 
 

@@ -133,7 +133,7 @@ def reference_set(
     for row, (ref, image, look) in enumerate(chosen):
         out.images[row] = wd14_preprocess(image, size)[0]
         positives = [index[t] for t in look if t in index]
-        named = [t for t in characters if same_character(*danbooru_name(t), ref.name, ref.series)]
+        named = [t for t in characters if same_character(*from_tag(t).pair, ref.name, ref.series)]
         positives += [index[t] for t in named[:1]]  # the taught character's own tag, when the tagger has one
         out.tags[row, positives] = 1.0
         w, h = image.size
@@ -150,11 +150,6 @@ def reference_set(
 def vocabulary_characters(vocab: list[str]) -> list[str]:
     """The character tags of a starter tagger's vocabulary: whatever follows the synthetic general tags."""
     return [t for t in vocab if t not in set(synth_vocabulary())]
-
-
-def danbooru_name(tag: str) -> tuple[str, str]:
-    written = from_tag(tag)
-    return written.name, written.series
 
 
 def _check_trainable(base: Manifest) -> tuple[list[str], dict[str, Any]]:
