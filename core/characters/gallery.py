@@ -109,7 +109,8 @@ class Gallery:
             counts[key] = counts.get(key, 0) + 1
         self.n_characters = len(counts)
         self._max_refs = max(counts.values(), default=0)
-        self.characters: tuple[tuple[str, str], ...] = tuple(counts)  # (name, series) of each taught character
+        # (name, series) of each taught character
+        self.characters: tuple[tuple[str, str], ...] = tuple(counts)
 
     @classmethod
     def empty(cls, dim: int, version: str = "empty") -> Gallery:
