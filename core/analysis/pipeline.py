@@ -6,6 +6,7 @@ model is missing, degrades the result (``AnalysisResult.degraded`` says which an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -24,6 +25,7 @@ from core.settings import Settings
 from core.storage.kv import KeyValue
 from core.storage.shared_store import SharedStore
 from core.storage.store import Store
+from core.vision.crops import crop_rule_of, embedder_crop_region  # queries are cut like references
 from core.vision.results import (
     LOAD_FAILED,
     NOT_INSTALLED,
@@ -240,6 +242,8 @@ class AnalysisPipeline:
                 timings[name] = round((time.perf_counter() - start) * 1000, 2)
 
         fingerprint = fingerprint or self.fingerprint()
+        # the gallery once per analysis (one Redis GET), read inside the stages that need it, so a failure degrades them
+        gallery_now = functools.cache(lambda: self.gallery.current()[0] if self.gallery is not None else None)
         detections: list[Detection] = stage(
             "detector", "detector", lambda: self.slots.detector.detect(image), []
         )  # type: ignore[union-attr]
@@ -248,7 +252,7 @@ class AnalysisPipeline:
             stage(
                 "identify",
                 "embedder",
-                lambda: self._identify(image, detections, top_n, embeddings_out),
+                lambda: self._identify(image, detections, top_n, gallery_now(), embeddings_out),
                 unidentified,
             )
             if detections
@@ -257,7 +261,9 @@ class AnalysisPipeline:
         tags: list[Tag] = stage("tagger", "tagger", lambda: self.slots.tagger.tag(image), [])  # type: ignore[union-attr]
         if heads and any(t.category == "character" for t in tags):
             named = heads
-            heads = stage("fusion", "tagger", lambda: self._fuse(image, named, tags, top_n), named)
+            heads = stage(
+                "fusion", "tagger", lambda: self._fuse(image, named, tags, top_n, gallery_now()), named
+            )
         known = [IdentifiedHead(h.name, h.confidence) for h in heads]
         caption = stage(
             "captioner", "captioner", lambda: self.slots.captioner.caption(image, known, tags), None
@@ -276,7 +282,9 @@ class AnalysisPipeline:
             degraded=tuple(failures),
         )
 
-    def _fuse(self, image: Image.Image, heads: list[Head], tags: list[Tag], top_n: int) -> list[Head]:
+    def _fuse(
+        self, image: Image.Image, heads: list[Head], tags: list[Tag], top_n: int, gallery: Gallery | None
+    ) -> list[Head]:
         """The tagger's character tags fused with the gallery's answers (core.characters.fusion); in a picture of
         several heads the tagger also scores each head's crop (its box grown to a square with some context)."""
         tagger = self.slots.tagger
@@ -286,7 +294,7 @@ class AnalysisPipeline:
             general = float(getattr(tagger, "thresholds", {}).get("general", 0.35))
             regions = [image.crop(_context_square(h.box, image.size)) for h in heads]
             crops = [CropEvidence(scores, general) for scores in scores_of(regions)]
-        known = self.gallery.current()[0].characters if self.gallery is not None else ()
+        known = gallery.characters if gallery is not None else ()
         manifest = self.slots.manifests.get("tagger")
         alone = (
             manifest is None
@@ -300,19 +308,17 @@ class AnalysisPipeline:
         image: Image.Image,
         detections: list[Detection],
         top_n: int,
+        gallery: Gallery | None,
         embeddings_out: list[np.ndarray] | None = None,
     ) -> list[Head]:
         if not detections:
             return []
-        assert self.slots.embedder is not None and self.gallery is not None
-        from core.vision.crops import crop_rule_of, embedder_crop_region  # queries cut like references
-
+        assert self.slots.embedder is not None and gallery is not None
         rule = crop_rule_of(self.slots.embedder)
         crops = [image.crop(embedder_crop_region(d.box, image.size, rule)) for d in detections]
         embeddings = self.slots.embedder.embed(crops)
         if embeddings_out is not None:
             embeddings_out.extend(np.asarray(embeddings, dtype=np.float32))
-        gallery, _ = self.gallery.current()
         found = gallery.identify(
             embeddings, top_n=top_n, threshold=self.identify.threshold, calibration=self.identify.calibration
         )
