@@ -17,7 +17,7 @@ The stand-ins are built in a child process (torch, timm, ultralytics) and cached
 (never committed); the timing process imports only ONNX Runtime and the project. Random weights: the figures are
 speed, never accuracy (the detector finds no heads; the embedder is fed the scenes' true head boxes).
 
-    flock /tmp/work/cpu.lock .venv/bin/python scripts/bench_realsize.py --repeats 20
+    .venv/bin/python scripts/bench_realsize.py --repeats 20   # alone on the machine: other work skews it
     .venv/bin/python scripts/bench_realsize.py --tiny      # small versions of the same architectures (smoke test)
 """
 
