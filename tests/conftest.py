@@ -143,6 +143,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
+# how long a test waits for a training job: an upper bound, never a speed target. A retrain takes about 3 minutes
+# alone on 2 cores and outran a 300 s wait with two busy loops beside it (seen), so this leaves room for a busy machine.
+TRAIN_JOB_WAIT_S = 900
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -19,16 +19,13 @@ from core.storage.kv import MemoryKV
 from core.storage.shared_store import SharedStore
 from core.storage.store import Store
 from core.vision.results import UNKNOWN
-from tests.conftest import wait_for
+from tests.conftest import TRAIN_JOB_WAIT_S, wait_for
 
 NEWCOMER = (
     "natsu"  # a cast member the embedder never trained on (its holdout), removed from the gallery first
 )
 NEW_NAME = "Hoshino Natsu"
 NEW_SERIES = "Blue Archive"
-# how long a test waits for a training job: an upper bound, never a speed target. A retrain takes about 3 minutes
-# alone on 2 cores and over 5 with another training beside it (seen), so the wait leaves room for a busy machine.
-TRAIN_WAIT_S = 900
 
 
 # --- gallery versions (no models) ------------------------------------------------------------------------
@@ -325,7 +322,7 @@ def test_a_worker_killed_during_the_index_switch_leaves_the_previous_gallery_ser
     assert _names(layer, scene) == [UNKNOWN], serving.output()[-2000:]
 
     start_worker(quick, queues="train")  # the job is redelivered to a healthy worker and completes
-    finished = client.wait(job.id, timeout_s=TRAIN_WAIT_S)
+    finished = client.wait(job.id, timeout_s=TRAIN_JOB_WAIT_S)
     assert finished.status is JobStatus.DONE, finished
     assert versions.current(folders[0].name) > before
     assert _names(layer, scene) == [NEW_NAME]
@@ -365,7 +362,7 @@ def test_the_characters_cli_adds_lists_and_removes(model_env, model_settings, tm
 
 
 @pytest.mark.queue
-@pytest.mark.timeout(2 * TRAIN_WAIT_S)  # two trainings, each within TRAIN_WAIT_S
+@pytest.mark.timeout(2 * TRAIN_JOB_WAIT_S)  # two trainings, each within TRAIN_JOB_WAIT_S
 def test_one_training_job_at_a_time_and_cancel_stops_it(
     redis_kv, model_env, model_settings, start_worker, tmp_path
 ):
@@ -397,7 +394,7 @@ def test_one_training_job_at_a_time_and_cancel_stops_it(
     )
     cancelled = asyncio.run(layer.command(_inv(args=f"cancel {job_id[:8]}"), "jobs"))[0]
     assert cancelled.data == {"job_id": job_id}, cancelled
-    finished = layer.client.wait(job_id, timeout_s=TRAIN_WAIT_S)
+    finished = layer.client.wait(job_id, timeout_s=TRAIN_JOB_WAIT_S)
     assert finished.status is JobStatus.FAILED and finished.error.code == "cancelled", finished
     assert read_active(model_settings.models_dir) == active_before  # nothing promoted
     listing = asyncio.run(layer.command(_inv(), "jobs"))[0]
@@ -405,7 +402,7 @@ def test_one_training_job_at_a_time_and_cancel_stops_it(
     # the lock is free again: the next retrain is accepted
     again = asyncio.run(layer.command(_inv(args="identifier"), "retrain"))[0]
     assert again.code != "job_running", again
-    done = layer.client.wait(again.data["job_id"], timeout_s=TRAIN_WAIT_S)
+    done = layer.client.wait(again.data["job_id"], timeout_s=TRAIN_JOB_WAIT_S)
     assert done.status is JobStatus.DONE, done
     outcome = layer.client.result_json(done)
     assert outcome["metric"] == "heldout_top1" and outcome["message"].startswith("Retrained the identifier")

@@ -50,7 +50,15 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from core.datasets.synth import CAST_BY_KEY, render_portrait, render_scene  # noqa: E402
 from core.vision.results import AnalysisResult  # noqa: E402
-from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess, empty_redis, stack_env, wait_for  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    REPO,
+    TEST_REDIS_URL,
+    TRAIN_JOB_WAIT_S,
+    WorkerProcess,
+    empty_redis,
+    stack_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.queue
 
@@ -71,7 +79,6 @@ CHROME_ARGS = (
 WIDE = (1280, 1000)
 PHONE_WIDTH = 375
 ANALYSIS_S = 120
-TRAIN_JOB_S = 900  # an upper bound for a teaching job, not a speed target: room for a busy machine
 
 
 def artifacts_dir() -> Path:
@@ -492,7 +499,7 @@ def _wait_job_done(browser: WebDriver, stack: WebStack, short_id: str) -> WebEle
             raise AssertionError("the job failed: " + rows[0].text + "\n" + stack.logs())
         return rows[0] if rows and rows[0].get_attribute("data-status") == "done" else None
 
-    return until(browser, done, TRAIN_JOB_S, f"job {short_id} to finish in the jobs list", stack)
+    return until(browser, done, TRAIN_JOB_WAIT_S, f"job {short_id} to finish in the jobs list", stack)
 
 
 def _queued_job(browser: WebDriver, status: WebElement) -> str:
@@ -500,7 +507,9 @@ def _queued_job(browser: WebDriver, status: WebElement) -> str:
     return text.split("job ", 1)[1].split(" ", 1)[0]
 
 
-@pytest.mark.timeout(TRAIN_JOB_S + 600)  # the teaching job within TRAIN_JOB_S, and the page around it
+@pytest.mark.timeout(
+    TRAIN_JOB_WAIT_S + 600
+)  # the teaching job within TRAIN_JOB_WAIT_S, and the page around it
 def test_an_admin_removes_and_teaches_a_character_from_five_pictures_and_it_is_named(stack, browser):
     label = f"{NATSU.name} ({NATSU.series})"
     open_page(browser, stack, "admin")
